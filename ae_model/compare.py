@@ -1,0 +1,566 @@
+"""Comparisons of arms over seeds: paired statistics, verdicts in words, a table and a plot.
+
+Imported by the API process, which never imports torch: this module needs only numpy, scipy
+(imported when a summary is computed) and matplotlib (imported when a plot is drawn). Metric
+values are fractions in [0, 1], as COCOeval gives them; tables and verdicts show them x100
+("AP points"). The statistics are defined in ``docs/comparisons.md``.
+"""
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+NO_RESULT = "no result (job failed or not finished)"
+
+
+@dataclass
+class ArmResult:
+    """Final metrics of each completed seed of one arm: ``per_seed[seed][metric] = value``.
+
+    Seeds whose job failed are simply absent; COCOeval's -1 ("no objects of that size") and
+    non-finite values count as missing.
+    """
+
+    name: str
+    per_seed: dict[int, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """One arm's values of one metric over its seeds."""
+
+    arm: str
+    metric: str
+    per_seed: dict[int, float]
+    """Seed -> value, for the seeds with a valid value."""
+    missing: dict[int, str]
+    """Seed -> why the seed has no value (a -1, a metric not reported); failed seeds, absent
+    from the arm's results, are not listed here."""
+    n: int
+    mean: float | None
+    std: float | None
+    """Sample standard deviation (ddof=1); None when ``n < 2``."""
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``arm - reference`` of one metric over the seeds with a valid value in both arms."""
+
+    arm: str
+    reference: str
+    metric: str
+    per_seed: dict[int, float]
+    unpaired: dict[int, str]
+    """Seed -> why it was left out, for seeds that either arm has but the pair lacks."""
+    n: int
+    mean: float | None
+    std: float | None
+    ci: tuple[float, float] | None
+    """Confidence interval of the mean difference (t distribution, n-1 dof); None when n < 2."""
+    p_value: float | None
+    """Two-sided paired t-test; None when n < 2. Identical differences: 1.0 if all are 0, else
+    0.0 (the t statistic is 0/0 or d/0 there)."""
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """Every arm's statistics of one metric, the paired differences and the seed noise."""
+
+    metric: str
+    arms: dict[str, ArmStats]
+    differences: dict[str, PairedDifference]
+    """Keyed by non-reference arm."""
+    seed_noise: float | None
+    """Std over seeds of the reference arm: the noise a single run carries."""
+    mean_arm_std: float | None
+    """Mean of the per-arm stds (arms with at least 2 seeds)."""
+
+
+@dataclass(frozen=True)
+class ComparisonSummary:
+    """Result of :func:`summarize`; ``to_dict()`` is what the API returns."""
+
+    reference: str
+    arms: tuple[str, ...]
+    headline: str
+    confidence: float
+    per_metric: dict[str, MetricSummary]
+    verdicts: dict[str, str]
+    """Keyed by non-reference arm: the headline metric's difference in words."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable (no NaN or inf: missing numbers are None; seeds as string keys)."""
+        return {
+            "reference": self.reference,
+            "arms": list(self.arms),
+            "headline": self.headline,
+            "confidence": self.confidence,
+            "metrics": {
+                name: {
+                    "arms": {arm: _arm_dict(s) for arm, s in m.arms.items()},
+                    "differences": {arm: _diff_dict(d) for arm, d in m.differences.items()},
+                    "seed_noise": _finite(m.seed_noise),
+                    "mean_arm_std": _finite(m.mean_arm_std),
+                }
+                for name, m in self.per_metric.items()
+            },
+            "verdicts": dict(self.verdicts),
+        }
+
+
+def summarize(
+    arms: Sequence[ArmResult],
+    reference: str,
+    metrics: Sequence[str] = METRICS,
+    confidence: float = 0.95,
+) -> ComparisonSummary:
+    """Per-arm statistics, paired differences to ``reference`` and verdicts.
+
+    ``metrics[0]`` is the headline metric the verdicts speak of. Arms are paired by seed: a
+    seed counts for a metric only where both arms have a valid value for it.
+    """
+    names = [arm.name for arm in arms]
+    if len(names) < 2:
+        raise ValueError(f"a comparison needs at least two arms, got {names}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm names must be unique, got {names}")
+    if reference not in names:
+        raise ValueError(f"reference arm {reference!r} is not one of the arms {names}")
+    if not metrics or len(set(metrics)) != len(metrics):
+        raise ValueError(f"metrics must be a non-empty list without repeats, got {list(metrics)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+
+    per_metric: dict[str, MetricSummary] = {}
+    for metric in metrics:
+        stats = {arm.name: _arm_stats(arm, metric) for arm in arms}
+        differences = {
+            name: _paired_difference(stats[name], stats[reference], confidence)
+            for name in names
+            if name != reference
+        }
+        stds = [s.std for s in stats.values() if s.std is not None]
+        per_metric[metric] = MetricSummary(
+            metric=metric,
+            arms=stats,
+            differences=differences,
+            seed_noise=stats[reference].std,
+            mean_arm_std=float(np.mean(stds)) if stds else None,
+        )
+    headline = per_metric[metrics[0]]
+    verdicts = {
+        arm: _verdict(diff, headline.seed_noise, confidence)
+        for arm, diff in headline.differences.items()
+    }
+    return ComparisonSummary(
+        reference=reference,
+        arms=tuple(names),
+        headline=metrics[0],
+        confidence=confidence,
+        per_metric=per_metric,
+        verdicts=verdicts,
+    )
+
+
+def _why_missing(metrics: Mapping[str, float], metric: str) -> str | None:
+    """None if ``metrics[metric]`` is a usable value, else the reason it is not."""
+    if metric not in metrics:
+        return "not reported"
+    try:
+        value = float(metrics[metric])
+    except (TypeError, ValueError):
+        return f"not a number ({metrics[metric]!r})"
+    if not math.isfinite(value):
+        return f"not a finite number ({value})"
+    if value < 0:  # COCOeval's -1: the evaluation set has no objects in this area range
+        return f"{value:g} (COCOeval: no objects of that size)"
+    return None
+
+
+def _arm_stats(arm: ArmResult, metric: str) -> ArmStats:
+    values: dict[int, float] = {}
+    missing: dict[int, str] = {}
+    for seed in sorted(arm.per_seed):
+        reason = _why_missing(arm.per_seed[seed], metric)
+        if reason is None:
+            values[seed] = float(arm.per_seed[seed][metric])
+        else:
+            missing[seed] = reason
+    x = np.array(list(values.values()), dtype=float)
+    return ArmStats(
+        arm=arm.name,
+        metric=metric,
+        per_seed=values,
+        missing=missing,
+        n=len(x),
+        mean=float(x.mean()) if len(x) else None,
+        std=float(x.std(ddof=1)) if len(x) >= 2 else None,
+    )
+
+
+def _paired_difference(stats: ArmStats, ref: ArmStats, confidence: float) -> PairedDifference:
+    """``stats.arm - ref.arm`` over the seeds where both have a valid value."""
+    from scipy import stats as st  # scipy.stats takes about a second to import
+
+    seeds = sorted(set(stats.per_seed) & set(ref.per_seed))
+    seen = set(stats.per_seed) | set(stats.missing) | set(ref.per_seed) | set(ref.missing)
+    unpaired: dict[int, str] = {}
+    for seed in sorted(seen - set(seeds)):
+        reasons = [
+            f"{s.arm}: {s.missing.get(seed, NO_RESULT)}"
+            for s in (ref, stats)
+            if seed not in s.per_seed
+        ]
+        unpaired[seed] = "; ".join(reasons)
+    a = np.array([stats.per_seed[s] for s in seeds], dtype=float)
+    r = np.array([ref.per_seed[s] for s in seeds], dtype=float)
+    d = a - r
+    n = len(d)
+    mean = float(d.mean()) if n else None
+    std = p_value = None
+    ci: tuple[float, float] | None = None
+    if n >= 2 and np.all(d == d[0]):
+        # Zero spread: t is 0/0 (all 0) or d/0; the limits are p = 1 and p = 0.
+        mean, std = float(d[0]), 0.0
+        ci, p_value = (mean, mean), 1.0 if mean == 0 else 0.0
+    elif n >= 2:
+        centre, std = float(d.mean()), float(d.std(ddof=1))
+        half = float(st.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+        ci = (centre - half, centre + half)
+        p_value = float(st.ttest_rel(a, r).pvalue)
+    return PairedDifference(
+        arm=stats.arm,
+        reference=ref.arm,
+        metric=stats.metric,
+        per_seed={s: float(v) for s, v in zip(seeds, d, strict=True)},
+        unpaired=unpaired,
+        n=n,
+        mean=mean,
+        std=std,
+        ci=ci,
+        p_value=p_value,
+    )
+
+
+def _points(value: float, signed: bool = False, decimals: int = 1) -> str:
+    """A fraction as points (x100); ``+ 0.0`` turns -0.0 into 0.0."""
+    return f"{value * 100 + 0.0:{'+' if signed else ''}.{decimals}f}"
+
+
+def _format_p(p: float | None) -> str:
+    if p is None:
+        return "p=n/a"
+    if p < 0.001:
+        return "p<0.001"
+    return f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def _verdict(diff: PairedDifference, seed_noise: float | None, confidence: float) -> str:
+    """The headline difference in words; a gain or loss only when the CI excludes 0."""
+    m, label = diff.metric, f"{diff.arm} vs {diff.reference}"
+    level = f"{confidence * 100:g}% CI"
+    noise = "unknown" if seed_noise is None else f"±{_points(seed_noise)} {m}"
+    if diff.n < 2 or diff.ci is None or diff.mean is None:
+        single = (
+            f"; the one pair gave {_points(diff.mean, True)} {m}, which one run cannot tell "
+            "from seed noise"
+            if diff.mean is not None
+            else ""
+        )
+        return (
+            f"{label}: cannot tell with {diff.n} paired {'seed' if diff.n == 1 else 'seeds'}: "
+            f"run at least 2 (better 5) seeds per arm{single}."
+        )
+    low, high = diff.ci
+    ci = f"{level} [{_points(low, True)}, {_points(high, True)}]"
+    if low <= 0 <= high:
+        if all(v == 0 for v in diff.per_seed.values()):
+            said = f"identical {m} on every paired seed ({ci}, {_format_p(diff.p_value)})"
+        else:
+            said = (
+                f"mean {_points(diff.mean, True)} {m}, {ci} includes 0, {_format_p(diff.p_value)}"
+            )
+        return (
+            f"{label}: no difference detectable with {_seeds(diff.n)}: {said}; "
+            f"seed noise is {noise}."
+        )
+    kind = "gain" if diff.mean > 0 else "loss"
+    if seed_noise is None:
+        size = f"a {kind} (seed noise unknown)"
+    elif abs(diff.mean) > seed_noise:
+        size = f"a {kind} larger than seed noise ({noise})"
+    else:
+        size = f"a {kind} within seed noise ({noise}) but consistent across the paired seeds"
+    return (
+        f"{label}: {_points(diff.mean, True)} {m}, {ci}, {_format_p(diff.p_value)} over "
+        f"{_seeds(diff.n)}: {size}."
+    )
+
+
+def format_table(summary: ComparisonSummary) -> str:
+    """Plain text: per metric each arm's mean ± std (n) and each arm's paired difference to
+    the reference with CI and p (all x100), then the verdicts and the seeds left out."""
+    ref = summary.reference
+    others = [a for a in summary.arms if a != ref]
+    level = f"{summary.confidence * 100:g}% CI"
+    header = ["metric", *summary.arms, *(f"{a} - {ref}" for a in others)]
+    rows = [header]
+    for metric, m in summary.per_metric.items():
+        row = [metric]
+        for arm in summary.arms:
+            s = m.arms[arm]
+            if s.mean is None:
+                row.append("n/a")
+            else:
+                spread = "" if s.std is None else f" ± {_points(s.std, decimals=2)}"
+                row.append(f"{_points(s.mean, decimals=2)}{spread} (n={s.n})")
+        for arm in others:
+            d = m.differences[arm]
+            if d.mean is None:
+                row.append("n/a")
+                continue
+            cell = _points(d.mean, True, 2)
+            if d.ci is not None:
+                low, high = (_points(v, True, 2) for v in d.ci)
+                cell += f" [{low}, {high}] {_format_p(d.p_value)}"
+            row.append(f"{cell} (n={d.n})")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        f"points (x100): mean ± std over seeds (n); difference = arm - {ref} paired by seed, "
+        f"{level}, paired t-test p",
+        *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows),
+        "",
+        *summary.verdicts.values(),
+    ]
+    head = summary.per_metric[summary.headline]
+    if head.seed_noise is not None:
+        spread = f"±{_points(head.seed_noise, decimals=2)} in {ref}"
+        if head.mean_arm_std is not None:
+            spread += f", ±{_points(head.mean_arm_std, decimals=2)} averaged over arms"
+        lines.append(f"seed noise ({summary.headline} std over seeds): {spread}")
+    lines.extend(_left_out_notes(summary))
+    return "\n".join(lines)
+
+
+def _left_out_notes(summary: ComparisonSummary) -> list[str]:
+    """One line per arm, seed and reason: the metrics that seed was left out of."""
+    notes = []
+    for arm in summary.arms:
+        if arm == summary.reference:
+            continue
+        grouped: dict[tuple[int, str], list[str]] = {}
+        for metric, m in summary.per_metric.items():
+            for seed, reason in m.differences[arm].unpaired.items():
+                grouped.setdefault((seed, reason), []).append(metric)
+        for (seed, reason), metrics in sorted(grouped.items()):
+            which = "all metrics" if len(metrics) == len(summary.per_metric) else ", ".join(metrics)
+            notes.append(f"seed {seed} left out of {arm} - {summary.reference} ({which}): {reason}")
+    return notes
+
+
+def plot_comparison(
+    summary: ComparisonSummary,
+    curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]] | None,
+    path_or_file: str | os.PathLike[str] | BinaryIO,
+) -> None:
+    """Writes a PNG: the headline metric per seed per arm (lines join a seed across arms), the
+    paired differences per metric with CIs, and with ``curves`` the learning curves per arm.
+
+    ``curves[arm]`` holds one dict per seed with ``iteration`` and ``loss`` lists and
+    optionally ``val_iteration`` and ``val_AP``. Missing seeds, arms or curves are skipped.
+    """
+    # The Agg canvas on a bare Figure: no pyplot, so no global backend or figure state is
+    # touched in the process that imports this (the API serves plots from several threads).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    has_curves = curves is not None and any(
+        len(run.get(key, ()))
+        for arm in summary.arms
+        for run in curves.get(arm, ())
+        for key in ("iteration", "val_iteration")
+    )
+    fig = Figure(figsize=(13, 9.5 if has_curves else 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2 if has_curves else 1, 2, squeeze=False)
+    _plot_per_seed(axes[0][0], summary)
+    _plot_differences(axes[0][1], summary)
+    if curves is not None and has_curves:
+        _plot_curves(axes[1][0], axes[1][1], summary, curves)
+    fig.savefig(path_or_file, format="png", dpi=100)
+
+
+def _arm_colour(summary: ComparisonSummary, arm: str) -> str:
+    return f"C{summary.arms.index(arm) % 10}"
+
+
+def _plot_per_seed(ax: Any, summary: ComparisonSummary) -> None:
+    from matplotlib import colormaps
+
+    m = summary.per_metric[summary.headline]
+    x = np.arange(len(summary.arms))
+    seeds = sorted({s for arm in summary.arms for s in m.arms[arm].per_seed})
+    cmap = colormaps["viridis"]
+    for i, seed in enumerate(seeds):
+        # NaN breaks the line where an arm lacks this seed.
+        y = [100 * m.arms[arm].per_seed.get(seed, math.nan) for arm in summary.arms]
+        colour = cmap(i / max(1, len(seeds) - 1))
+        ax.plot(x, y, marker="o", color=colour, linewidth=1, alpha=0.8, label=f"seed {seed}")
+    for i, arm in enumerate(summary.arms):
+        s = m.arms[arm]
+        if s.mean is not None:
+            ax.errorbar(
+                i + 0.12, 100 * s.mean, yerr=None if s.std is None else 100 * s.std,
+                fmt="s", color="black", capsize=4, label="mean ± std" if i == 0 else None,
+            )  # fmt: skip
+    if not seeds:
+        ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks(x, summary.arms, rotation=15 if max(map(len, summary.arms)) > 10 else 0)
+    ax.set_xlim(-0.5, len(summary.arms) - 0.5)
+    ax.set_ylabel(f"{summary.headline} (points)")
+    ax.set_title(f"{summary.headline} per seed (a line joins one seed across arms)")
+    if seeds and len(seeds) <= 12:
+        ax.legend(fontsize="small")
+
+
+def _plot_differences(ax: Any, summary: ComparisonSummary) -> None:
+    others = [a for a in summary.arms if a != summary.reference]
+    metrics = list(summary.per_metric)
+    width = 0.7 / max(1, len(others))
+    ax.axhline(0, color="grey", linewidth=1)
+    for j, arm in enumerate(others):
+        xs, ys, low, high, xs_single, ys_single = [], [], [], [], [], []
+        for i, metric in enumerate(metrics):
+            d = summary.per_metric[metric].differences[arm]
+            if d.mean is None:
+                continue
+            x = i - 0.35 + width * (j + 0.5)
+            if d.ci is None:
+                xs_single.append(x)
+                ys_single.append(100 * d.mean)
+            else:
+                xs.append(x)
+                ys.append(100 * d.mean)
+                low.append(100 * (d.mean - d.ci[0]))
+                high.append(100 * (d.ci[1] - d.mean))
+        colour = _arm_colour(summary, arm)
+        if xs:
+            ax.errorbar(xs, ys, yerr=[low, high], fmt="o", color=colour, capsize=4, label=arm)
+        if xs_single:  # one pair: no interval
+            ax.plot(xs_single, ys_single, "o", mfc="none", color=colour,
+                    label=f"{arm} (1 pair, no CI)")  # fmt: skip
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_xlim(-0.5, len(metrics) - 0.5)
+    ax.set_ylabel(f"points (x100), arm - {summary.reference}")
+    ax.set_title(f"paired difference vs {summary.reference}, {summary.confidence * 100:g}% CI")
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no paired seeds yet", ha="center", va="center", transform=ax.transAxes)
+
+
+def _plot_curves(
+    ax_loss: Any,
+    ax_val: Any,
+    summary: ComparisonSummary,
+    curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
+) -> None:
+    plotted = {"loss": False, "val": False}
+    positive = True
+    for arm in summary.arms:
+        colour = _arm_colour(summary, arm)
+        series = {
+            "loss": [_series(run, "iteration", "loss") for run in curves.get(arm, ())],
+            "val": [_series(run, "val_iteration", "val_AP") for run in curves.get(arm, ())],
+        }
+        for key, ax, scale in (("loss", ax_loss, 1.0), ("val", ax_val, 100.0)):
+            runs = [(x, y * scale) for x, y in series[key] if len(x)]
+            if not runs:
+                continue
+            for x, y in runs:
+                ax.plot(x, y, color=colour, linewidth=0.5, alpha=0.35)
+            grid, mean = _mean_curve(runs)
+            marker = "o" if key == "val" else None
+            ax.plot(grid, mean, color=colour, linewidth=1.8, marker=marker, label=arm)
+            plotted[key] = True
+            if key == "loss":
+                positive = positive and bool(np.all(mean > 0))
+    if plotted["loss"] and positive:
+        ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_title("training loss: mean over seeds (thin: each seed)")
+    if plotted["loss"]:
+        ax_loss.legend(fontsize="small")
+    ax_val.set_xlabel("iteration")
+    ax_val.set_ylabel("AP (points)")
+    ax_val.set_title("validation AP: mean over seeds (thin: each seed)")
+    if plotted["val"]:
+        ax_val.legend(fontsize="small")
+    else:
+        ax_val.text(0.5, 0.5, "no validation curves", ha="center", va="center",
+                    transform=ax_val.transAxes)  # fmt: skip
+
+
+def _series(run: Mapping[str, Sequence[float]], x_key: str, y_key: str) -> tuple[Any, Any]:
+    """``(x, y)`` sorted by x, finite points only."""
+    x = np.asarray(run.get(x_key, ()), dtype=float)
+    y = np.asarray(run.get(y_key, ()), dtype=float)
+    if len(x) != len(y):
+        raise ValueError(f"curve has {len(x)} {x_key} values but {len(y)} {y_key} values")
+    keep = np.isfinite(x) & np.isfinite(y)
+    order = np.argsort(x[keep], kind="stable")
+    return x[keep][order], y[keep][order]
+
+
+def _mean_curve(runs: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """Mean over seeds on the union of their iterations; a seed counts only inside its own
+    range (a failed seed stops early and does not drag the mean after it stopped)."""
+    grid = np.unique(np.concatenate([x for x, _ in runs]))
+    stacked = np.full((len(runs), len(grid)), np.nan)
+    for k, (x, y) in enumerate(runs):
+        inside = (grid >= x[0]) & (grid <= x[-1])
+        stacked[k, inside] = np.interp(grid[inside], x, y)
+    counts = np.sum(~np.isnan(stacked), axis=0)
+    return grid, np.nansum(stacked, axis=0) / counts
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _seed_map(values: Mapping[int, Any]) -> dict[str, Any]:
+    return {str(seed): _finite(v) if isinstance(v, float) else v for seed, v in values.items()}
+
+
+def _arm_dict(s: ArmStats) -> dict[str, Any]:
+    return {
+        "per_seed": _seed_map(s.per_seed),
+        "missing": _seed_map(s.missing),
+        "n": s.n,
+        "mean": _finite(s.mean),
+        "std": _finite(s.std),
+    }
+
+
+def _diff_dict(d: PairedDifference) -> dict[str, Any]:
+    return {
+        "reference": d.reference,
+        "per_seed": _seed_map(d.per_seed),
+        "unpaired": _seed_map(d.unpaired),
+        "n": d.n,
+        "mean": _finite(d.mean),
+        "std": _finite(d.std),
+        "ci": None if d.ci is None else [_finite(d.ci[0]), _finite(d.ci[1])],
+        "p_value": _finite(d.p_value),
+    }

@@ -1,0 +1,882 @@
+"""Check a detection dataset before anyone trains on it: safe zip extraction and a report.
+
+Torch-free on purpose: the API validates uploads in the request without importing torch.
+
+- :func:`extract_zip` unpacks an uploaded archive and refuses what could harm the server: paths
+  that leave the target folder, links and other non-regular members, encrypted members, and zip
+  bombs (too many members, too many bytes, too high a compression ratio).
+- :func:`check_dataset` reads a dataset folder in the layouts :func:`ae_model.data.open_dataset`
+  accepts (COCO JSON, a darknet list ``{split}.txt``, YOLO txt folders) and returns a
+  :class:`DatasetReport`: errors (training would fail or learn from wrong boxes) and warnings
+  (it would work, but probably not as meant), each naming the file and, for YOLO labels, the
+  line, for COCO the image or annotation id, and what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import stat
+import zipfile
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, TypeGuard
+
+from PIL import Image
+
+SPLITS = ("train", "val")
+# Splits the worker evaluates with COCOeval, which needs 'area' and 'iscrowd' on every box.
+EVAL_SPLITS = frozenset({"val"})
+# Kept equal to ae_model.data.IMAGE_SUFFIXES (a test checks); data.py imports torch.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Boxes may overhang the image by this fraction of its side (at least 1 px): rounding in
+# annotation tools; the loader clips them.
+BOX_TOLERANCE = 0.01
+# Problems listed per kind in a report; the rest are only counted.
+MAX_LISTED_PROBLEMS = 100
+# Folder names that mark a dataset's top level (a zip's single wrapper folder is skipped).
+LAYOUT_FOLDERS = frozenset({"annotations", "images", "labels", *SPLITS})
+# Written by macOS and Windows file managers; never part of a dataset.
+_JUNK_PREFIXES = ("__MACOSX/",)
+_JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+# Text files larger than this are refused rather than parsed into memory (COCO train2017's
+# instances file is 450 MB).
+MAX_ANNOTATION_BYTES = 1 << 30
+MAX_TEXT_BYTES = 16 << 20
+_COPY_CHUNK = 1 << 20
+
+
+class DatasetError(ValueError):
+    """A dataset or archive that cannot be accepted; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What :func:`extract_zip` accepts.
+
+    ``max_ratio`` applies to members (and the whole archive) that extract to more than
+    ``ratio_min_bytes``: small files compress wildly without being dangerous.
+    """
+
+    max_members: int = 100_000
+    max_total_bytes: int = 8 << 30
+    max_ratio: float = 100.0
+    ratio_min_bytes: int = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Archives
+
+
+def extract_zip(archive: IO[bytes], dest: Path, limits: ArchiveLimits | None = None) -> None:
+    """Extract the zip ``archive`` into the new folder ``dest``.
+
+    Every member is checked before anything is written, and bytes are counted while writing,
+    so a member cannot extract to more than its header declares. Raises :class:`DatasetError`
+    naming the offending member; ``dest`` is then removed. macOS ``__MACOSX/`` and
+    ``.DS_Store`` entries are skipped.
+    """
+    limits = limits or ArchiveLimits()
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as error:
+        raise DatasetError(
+            f"the upload is not a readable zip archive ({error}); zip the dataset folder "
+            "(e.g. `cd mydata && zip -r ../mydata.zip .`) and upload the .zip file"
+        ) from None
+    with zf:
+        members = zf.infolist()
+        _check_members(members, limits)
+        dest.mkdir(parents=True)
+        try:
+            _write_members(zf, [m for m in members if not _is_junk(m.filename)], dest, limits)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+
+
+def _check_members(members: Sequence[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+    if not members:
+        raise DatasetError("the zip archive is empty; add the dataset's files to it")
+    if len(members) > limits.max_members:
+        raise DatasetError(
+            f"the zip holds {len(members)} entries, more than the limit of "
+            f"{limits.max_members}; remove files the dataset does not need or split it"
+        )
+    seen: set[str] = set()
+    for member in members:
+        name = _member_path(member)
+        if name in seen:
+            raise DatasetError(f"{member.filename!r} appears twice in the zip; keep one copy")
+        seen.add(name)
+        _check_member_type(member)
+        if member.file_size > limits.ratio_min_bytes:
+            ratio = member.file_size / max(member.compress_size, 1)
+            if ratio > limits.max_ratio:
+                raise DatasetError(
+                    f"{member.filename!r} expands {ratio:.0f}x ({member.file_size} bytes from "
+                    f"{member.compress_size}); members compressed more than "
+                    f"{limits.max_ratio:.0f}x are refused as a possible zip bomb"
+                )
+    total = sum(m.file_size for m in members)
+    if total > limits.max_total_bytes:
+        raise DatasetError(
+            f"the zip extracts to {total} bytes, more than the limit of "
+            f"{limits.max_total_bytes}; upload a smaller dataset"
+        )
+    packed = sum(m.compress_size for m in members)
+    if total > limits.ratio_min_bytes and total / max(packed, 1) > limits.max_ratio:
+        raise DatasetError(
+            f"the zip expands {total / max(packed, 1):.0f}x ({total} bytes from {packed}); "
+            f"archives compressed more than {limits.max_ratio:.0f}x are refused as a possible "
+            "zip bomb"
+        )
+
+
+def _member_path(member: zipfile.ZipInfo) -> str:
+    """The member's relative path, normalised; raises on anything that could leave the folder."""
+    raw = member.orig_filename
+    problem = None
+    if "\x00" in raw:
+        problem = "contains a NUL character"
+    elif "\\" in raw:
+        problem = "uses backslashes; zip with a tool that writes '/' separators"
+    elif raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
+        problem = "is an absolute path; zip paths relative to the dataset folder"
+    elif ".." in PurePosixPath(raw).parts:
+        problem = "contains '..'; zip paths inside the dataset folder only"
+    if problem:
+        raise DatasetError(f"zip member {raw!r} {problem}")
+    parts = [p for p in PurePosixPath(raw).parts if p != "."]
+    if not parts:
+        raise DatasetError(f"zip member {raw!r} has no file name")
+    return "/".join(parts)
+
+
+def _check_member_type(member: zipfile.ZipInfo) -> None:
+    if member.flag_bits & 0x1:
+        raise DatasetError(
+            f"zip member {member.filename!r} is encrypted; zip the dataset without a password"
+        )
+    kind = stat.S_IFMT(member.external_attr >> 16)
+    if kind == stat.S_IFLNK:
+        raise DatasetError(
+            f"zip member {member.filename!r} is a symbolic link; zip the files themselves "
+            "(e.g. `zip -r` without `--symlinks`)"
+        )
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise DatasetError(
+            f"zip member {member.filename!r} is not a regular file or folder (a device, pipe "
+            "or socket); remove it"
+        )
+
+
+def _is_junk(name: str) -> bool:
+    return name.startswith(_JUNK_PREFIXES) or PurePosixPath(name).name in _JUNK_NAMES
+
+
+def _write_members(
+    zf: zipfile.ZipFile, members: Iterable[zipfile.ZipInfo], dest: Path, limits: ArchiveLimits
+) -> None:
+    written_total = 0
+    for member in members:
+        target = dest.joinpath(*_member_path(member).split("/"))
+        try:
+            if member.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as source, target.open("xb") as out:
+                written = 0
+                while chunk := source.read(_COPY_CHUNK):
+                    written += len(chunk)
+                    written_total += len(chunk)
+                    if written > member.file_size or written_total > limits.max_total_bytes:
+                        raise DatasetError(
+                            f"zip member {member.filename!r} extracts to more bytes than its "
+                            "header declares; the archive is corrupt or crafted"
+                        )
+                    out.write(chunk)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            raise DatasetError(
+                f"zip member {member.filename!r} clashes with another member of the same path "
+                "(a file and a folder of one name); rename one of them"
+            ) from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            raise DatasetError(
+                f"zip member {member.filename!r} cannot be extracted ({e}); re-create the zip "
+                "with the standard deflate method"
+            ) from None
+
+
+def find_dataset_root(folder: Path) -> Path:
+    """``folder``, or the folder a zip wrapped everything in (``mydata/annotations/...``)."""
+    root = folder
+    while True:
+        entries = list(root.iterdir())
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in LAYOUT_FOLDERS:
+            return root
+        root = entries[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the file (relative to the dataset), where in it, and what to fix."""
+
+    file: str
+    message: str
+    line: int | None = None
+    image_id: int | None = None
+    annotation_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, without the location fields that do not apply."""
+        where = {"line": self.line, "image_id": self.image_id, "annotation_id": self.annotation_id}
+        located = {key: value for key, value in where.items() if value is not None}
+        return {"file": self.file, **located, "message": self.message}
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.annotation_id is not None:
+            where += f" (annotation {self.annotation_id})"
+        elif self.image_id is not None:
+            where += f" (image {self.image_id})"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    layout: str
+    images: int
+    objects: int
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`check_dataset` found. ``ok`` means no errors (warnings are allowed).
+
+    ``errors``/``warnings`` list at most ``MAX_LISTED_PROBLEMS`` each; ``omitted_errors`` and
+    ``omitted_warnings`` count the rest.
+    """
+
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    omitted_errors: int = 0
+    omitted_warnings: int = 0
+    class_names: list[str] = field(default_factory=list)
+    splits: dict[str, SplitCounts] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def error_count(self) -> int:
+        return len(self.errors) + self.omitted_errors
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{errors, warnings, omitted_errors, omitted_warnings, counts}``, JSON-ready;
+        ``counts`` is per split ``{layout, images, objects}``."""
+        return {
+            "errors": [p.as_dict() for p in self.errors],
+            "warnings": [p.as_dict() for p in self.warnings],
+            "omitted_errors": self.omitted_errors,
+            "omitted_warnings": self.omitted_warnings,
+            "counts": {
+                split: {"layout": c.layout, "images": c.images, "objects": c.objects}
+                for split, c in self.splits.items()
+            },
+        }
+
+
+class _Recorder:
+    """Collects problems with file names relative to ``display_root``."""
+
+    def __init__(self, display_root: Path) -> None:
+        self.display_root = display_root
+        self.report = DatasetReport()
+
+    def rel(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.display_root).as_posix()
+        except ValueError:
+            return path.name
+
+    def error(self, path: Path, message: str, **where: Any) -> None:
+        if len(self.report.errors) < MAX_LISTED_PROBLEMS:
+            self.report.errors.append(Problem(self.rel(path), message, **where))
+        else:
+            self.report.omitted_errors += 1
+
+    def warning(self, path: Path, message: str, **where: Any) -> None:
+        if len(self.report.warnings) < MAX_LISTED_PROBLEMS:
+            self.report.warnings.append(Problem(self.rel(path), message, **where))
+        else:
+            self.report.omitted_warnings += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+def check_dataset(
+    root: Path, splits: Sequence[str] = SPLITS, display_root: Path | None = None
+) -> DatasetReport:
+    """Validate the dataset at ``root``: every split present, every image readable, boxes of
+    positive size inside their image (within ``BOX_TOLERANCE``), class ids in range, COCO
+    references to declared images and categories, the same classes in every split.
+
+    Files in problems are named relative to ``display_root`` (default ``root``), e.g. the
+    folder a zip was extracted into, so names match the paths in the zip.
+    """
+    root = Path(root)
+    rec = _Recorder(Path(display_root) if display_root is not None else root)
+    names_by_split: dict[str, tuple[str, ...]] = {}
+    for split in splits:
+        result = _check_split(root, split, rec)
+        if result is not None:
+            names_by_split[split], rec.report.splits[split] = result
+    if names_by_split:
+        first_split, names = next(iter(names_by_split.items()))
+        rec.report.class_names = list(names)
+        for split, other in names_by_split.items():
+            if other != names:
+                rec.error(
+                    root,
+                    f"split '{split}' has classes {list(other)} but '{first_split}' has "
+                    f"{list(names)}; every split must declare the same classes in the same order",
+                )
+    return rec.report
+
+
+def _check_split(
+    root: Path, split: str, rec: _Recorder
+) -> tuple[tuple[str, ...], SplitCounts] | None:
+    """Names and counts of one split, in the first layout of open_dataset's order that fits."""
+    annotation_file = root / "annotations" / f"instances_{split}.json"
+    folders = [root / "images" / split, root / split]
+    if annotation_file.is_file():
+        image_dir = next((f for f in folders if f.is_dir()), None)
+        if image_dir is None:
+            rec.error(
+                annotation_file,
+                f"found, but no image folder {rec.rel(folders[0])}/ or {rec.rel(folders[1])}/; "
+                "put the split's images there",
+            )
+            return None
+        return _check_coco(root, split, annotation_file, image_dir, rec)
+    list_file = root / f"{split}.txt"
+    if list_file.is_file():
+        images = _darknet_list_images(root, list_file, rec)
+        return _check_yolo(root, split, "darknet_list", list_file, images, rec)
+    for folder in folders:
+        if folder.is_dir():
+            base = folder / "images" if (folder / "images").is_dir() else folder
+            images = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            return _check_yolo(root, split, "yolo", folder, images, rec)
+    rec.error(
+        root,
+        f"no '{split}' split: add {rec.rel(annotation_file)} with images in "
+        f"{rec.rel(folders[0])}/ (COCO), or images in {rec.rel(folders[0])}/ with labels in "
+        f"{rec.rel(root / 'labels' / split)}/ (YOLO)",
+    )
+    return None
+
+
+def _check_image(path: Path, rec: _Recorder, **where: Any) -> tuple[int, int] | None:
+    """``(width, height)`` of a readable image, else None with an error recorded."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            size = im.size
+            if size[0] * size[1] > (Image.MAX_IMAGE_PIXELS or math.inf):
+                rec.error(
+                    path,
+                    f"image is {size[0]}x{size[1]} pixels, too large to train on; downscale it",
+                    **where,
+                )
+                return None
+            # Decoding (at reduced scale where the format allows) finds truncated files.
+            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        rec.error(path, f"not a readable image ({error}); replace or remove the file", **where)
+        return None
+    return size
+
+
+def _box_outside(
+    x1: float, y1: float, x2: float, y2: float, width: float, height: float
+) -> str | None:
+    """Which edge a box crosses by more than the tolerance, or None."""
+    tol_x = max(1.0, BOX_TOLERANCE * width)
+    tol_y = max(1.0, BOX_TOLERANCE * height)
+    if x1 < -tol_x:
+        return "left"
+    if y1 < -tol_y:
+        return "top"
+    if x2 > width + tol_x:
+        return "right"
+    if y2 > height + tol_y:
+        return "bottom"
+    return None
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite_numbers(values: Any, n: int) -> list[float] | None:
+    if not isinstance(values, list) or len(values) != n:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None
+    numbers = [float(v) for v in values]
+    return numbers if all(math.isfinite(v) for v in numbers) else None
+
+
+def _path_inside(root: Path, base: Path, name: str) -> Path | None:
+    """``base / name`` if ``name`` is a plain relative path that stays inside ``root``."""
+    relative = PurePosixPath(name)
+    if "\x00" in name or relative.is_absolute() or ".." in relative.parts:
+        return None
+    path = base / name
+    return path if path.resolve().is_relative_to(root.resolve()) else None
+
+
+def _read_text(path: Path, rec: _Recorder, limit: int = MAX_TEXT_BYTES) -> str | None:
+    """The UTF-8 text of ``path``, or None with an error recorded."""
+    size = path.stat().st_size
+    if size > limit:
+        rec.error(path, f"is {size} bytes, more than the {limit} accepted for this file")
+        return None
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        rec.error(path, f"is not UTF-8 text ({error}); save it as UTF-8")
+        return None
+    if "\x00" in text:
+        rec.error(path, "contains NUL characters (saved as UTF-16?); save it as UTF-8")
+        return None
+    return text
+
+
+# COCO -----------------------------------------------------------------------------------------
+
+
+def _check_coco(
+    root: Path, split: str, annotation_file: Path, image_dir: Path, rec: _Recorder
+) -> tuple[tuple[str, ...], SplitCounts] | None:
+    text = _read_text(annotation_file, rec, MAX_ANNOTATION_BYTES)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        rec.error(annotation_file, f"is not valid JSON ({error}); fix the file")
+        return None
+    if not isinstance(data, dict):
+        rec.error(annotation_file, "must be a JSON object with images, annotations, categories")
+        return None
+    entries = {}
+    for key in ("images", "annotations", "categories"):
+        value = data.get(key, [])
+        if not isinstance(value, list):
+            rec.error(annotation_file, f"'{key}' must be a list")
+            return None
+        entries[key] = value
+
+    categories = _coco_categories(annotation_file, entries["categories"], rec)
+    sizes = _coco_images(root, annotation_file, image_dir, entries["images"], rec)
+    objects = _coco_annotations(
+        split, annotation_file, entries["annotations"], sizes, categories, rec
+    )
+    if not sizes:
+        rec.error(annotation_file, "lists no images; add the split's images")
+    elif objects == 0:
+        rec.warning(annotation_file, f"has no annotations: the '{split}' split has no objects")
+    listed = {
+        rec.rel(image_dir / str(image["file_name"]))
+        for image in entries["images"]
+        if isinstance(image, dict) and isinstance(image.get("file_name"), str)
+    }
+    unlisted = [
+        p
+        for p in sorted(image_dir.rglob("*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES and rec.rel(p) not in listed
+    ]
+    if unlisted:
+        rec.warning(
+            unlisted[0],
+            f"{len(unlisted)} image file(s) in {rec.rel(image_dir)}/ are not listed in "
+            f"{annotation_file.name} (this is the first) and will not be used",
+        )
+    names = tuple(categories[c] for c in sorted(categories))
+    return names, SplitCounts("coco", len(sizes), objects)
+
+
+def _coco_categories(annotation_file: Path, entries: list[Any], rec: _Recorder) -> dict[int, str]:
+    categories: dict[int, str] = {}
+    for position, category in enumerate(entries):
+        cat_id = category.get("id") if isinstance(category, dict) else None
+        name = category.get("name") if isinstance(category, dict) else None
+        if not _is_int(cat_id) or not isinstance(name, str) or not name:
+            rec.error(
+                annotation_file,
+                f"categories[{position}] needs an integer 'id' and a non-empty 'name'",
+            )
+        elif cat_id in categories:
+            rec.error(
+                annotation_file, f"category id {cat_id} is declared twice; ids must be unique"
+            )
+        else:
+            categories[cat_id] = name
+    if not entries:
+        rec.error(
+            annotation_file,
+            'declares no categories; add {"id": 1, "name": ...} entries to \'categories\'',
+        )
+    return categories
+
+
+def _coco_images(
+    root: Path, annotation_file: Path, image_dir: Path, entries: list[Any], rec: _Recorder
+) -> dict[Any, tuple[int, int]]:
+    """Declared ``(width, height)`` per image id of every image entry that checks out."""
+    sizes: dict[Any, tuple[int, int]] = {}
+    seen_ids: set[Any] = set()
+    for position, image in enumerate(entries):
+        if not isinstance(image, dict) or not _is_int(image.get("id")):
+            rec.error(annotation_file, f"images[{position}] needs an integer 'id'")
+            continue
+        image_id = image["id"]
+        if image_id in seen_ids:
+            rec.error(
+                annotation_file, "image id is used twice; ids must be unique", image_id=image_id
+            )
+            continue
+        seen_ids.add(image_id)
+        file_name, width, height = image.get("file_name"), image.get("width"), image.get("height")
+        if not isinstance(file_name, str) or not file_name:
+            rec.error(annotation_file, "needs a 'file_name'", image_id=image_id)
+            continue
+        if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
+            rec.error(
+                annotation_file, "needs positive integer 'width' and 'height'", image_id=image_id
+            )
+            continue
+        path = _path_inside(root, image_dir, file_name)
+        if path is None:
+            rec.error(
+                annotation_file,
+                f"file_name {file_name!r} must be a path relative to "
+                f"{rec.rel(image_dir)}/ and stay inside it",
+                image_id=image_id,
+            )
+            continue
+        if not path.is_file():
+            rec.error(
+                annotation_file,
+                f"file_name {file_name!r}: {rec.rel(path)} does not "
+                "exist; add the image or remove its entry",
+                image_id=image_id,
+            )
+            continue
+        actual = _check_image(path, rec, image_id=image_id)
+        if actual is None:
+            continue
+        if actual != (width, height):
+            rec.error(
+                annotation_file,
+                f"declares {width}x{height} but {rec.rel(path)} is "
+                f"{actual[0]}x{actual[1]}; fix 'width' and 'height' (boxes are read in "
+                "the declared size)",
+                image_id=image_id,
+            )
+            continue
+        sizes[image_id] = (width, height)
+    return sizes
+
+
+def _coco_annotations(
+    split: str,
+    annotation_file: Path,
+    entries: list[Any],
+    sizes: dict[Any, tuple[int, int]],
+    categories: dict[int, str],
+    rec: _Recorder,
+) -> int:
+    """Checks every annotation; returns the number of usable (non-crowd) boxes."""
+    objects = 0
+    seen_ids: set[Any] = set()
+    missing_eval_keys: list[Any] = []
+    for position, ann in enumerate(entries):
+        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+            rec.error(annotation_file, f"annotations[{position}] needs an integer 'id'")
+            continue
+        ann_id = ann["id"]
+        if ann_id in seen_ids:
+            rec.error(
+                annotation_file,
+                "annotation id is used twice; ids must be unique",
+                annotation_id=ann_id,
+            )
+            continue
+        seen_ids.add(ann_id)
+        if "area" not in ann or "iscrowd" not in ann:
+            missing_eval_keys.append(ann_id)
+        image_id, category_id = ann.get("image_id"), ann.get("category_id")
+        if not _is_int(category_id) or category_id not in categories:
+            rec.error(
+                annotation_file,
+                f"category_id {category_id!r} is not declared in "
+                "'categories'; declare it or fix the id",
+                annotation_id=ann_id,
+            )
+            continue
+        if not _is_int(image_id) or image_id not in sizes:
+            rec.error(
+                annotation_file,
+                f"image_id {image_id!r} is not a usable image of this "
+                "file (not listed, or its entry has errors); add or fix the image entry",
+                annotation_id=ann_id,
+            )
+            continue
+        bbox = _finite_numbers(ann.get("bbox"), 4)
+        if bbox is None:
+            rec.error(
+                annotation_file,
+                "'bbox' must be 4 finite numbers [x, y, width, height] in pixels",
+                annotation_id=ann_id,
+            )
+            continue
+        x, y, w, h = bbox
+        if w <= 0 or h <= 0:
+            rec.error(
+                annotation_file,
+                f"bbox {bbox} has no area (width and height must be > 0); fix or remove it",
+                annotation_id=ann_id,
+            )
+            continue
+        width, height = sizes[image_id]
+        edge = _box_outside(x, y, x + w, y + h, width, height)
+        if edge is not None:
+            rec.error(
+                annotation_file,
+                f"bbox {bbox} ([x, y, width, height]) crosses the "
+                f"{edge} edge of image {image_id} ({width}x{height}); fix the box",
+                annotation_id=ann_id,
+            )
+            continue
+        if not ann.get("iscrowd", 0):
+            objects += 1
+    if missing_eval_keys:
+        message = (
+            f"{len(missing_eval_keys)} annotation(s) lack 'area' or 'iscrowd' (the "
+            f'first is shown); COCO evaluation needs both, e.g. "area": w*h, '
+            '"iscrowd": 0'
+        )
+        report = rec.error if split in EVAL_SPLITS else rec.warning
+        report(annotation_file, message, annotation_id=missing_eval_keys[0])
+    return objects
+
+
+# YOLO / darknet -------------------------------------------------------------------------------
+
+
+def _darknet_list_images(root: Path, list_file: Path, rec: _Recorder) -> list[Path]:
+    """Images of a darknet list file; entries must be relative to ``root`` and stay inside."""
+    text = _read_text(list_file, rec)
+    if text is None:
+        return []
+    images = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if not entry:
+            continue
+        path = _path_inside(root, root, entry)
+        if path is None:
+            rec.error(
+                list_file,
+                f"{entry!r} must be a path relative to the dataset's top folder, inside it",
+                line=number,
+            )
+        elif not path.is_file():
+            rec.error(
+                list_file,
+                f"{entry!r} does not exist; add the image or remove the line",
+                line=number,
+            )
+        else:
+            images.append(path)
+    return images
+
+
+def _names_file(root: Path, rec: _Recorder) -> tuple[str, ...] | None:
+    """Class names from the one ``*.names`` (or ``classes.txt``) at the top, as the loader."""
+    candidates = sorted(root.glob("*.names")) or sorted(root.glob("classes.txt"))
+    if len(candidates) != 1:
+        found = ", ".join(rec.rel(c) for c in candidates)
+        problem = f"found several ({found}); keep exactly one" if candidates else "found none"
+        rec.error(
+            root,
+            f"YOLO labels need class names: a classes.txt or one .names file (one "
+            f"name per line) at the top of the dataset; {problem}",
+        )
+        return None
+    text = _read_text(candidates[0], rec)
+    if text is None:
+        return None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        rec.error(candidates[0], "is empty; write one class name per line")
+        return None
+    if len(set(names)) != len(names):
+        rec.warning(
+            candidates[0],
+            "lists a class name more than once; class ids are line "
+            "numbers, so duplicates make two classes of one name",
+        )
+    return names
+
+
+def label_path(image_path: Path) -> Path:
+    """Darknet's label file for an image: ``labels/`` beside ``images/`` (or ``JPEGImages/``)
+    when that file exists, else the ``.txt`` next to the image."""
+    parts = list(image_path.with_suffix(".txt").parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in ("images", "JPEGImages"):
+            parts[i] = "labels"
+            darknet_path = Path(*parts)
+            if darknet_path.is_file():
+                return darknet_path
+            break
+    return image_path.with_suffix(".txt")
+
+
+def _check_yolo(
+    root: Path,
+    split: str,
+    layout: str,
+    source: Path,
+    images: list[Path],
+    rec: _Recorder,
+) -> tuple[tuple[str, ...], SplitCounts] | None:
+    names = _names_file(root, rec)
+    if not images:
+        rec.error(
+            source, f"no images ({', '.join(IMAGE_SUFFIXES)}) for the '{split}' split; add them"
+        )
+        return None
+    objects = 0
+    labels_used: set[Path] = set()
+    for image in images:
+        size = _check_image(image, rec)
+        label = label_path(image)
+        if label.is_file():
+            labels_used.add(label)
+            if size is not None:
+                objects += _check_label_file(label, size, len(names) if names else None, rec)
+    if not labels_used:
+        rec.warning(
+            source,
+            f"no label file found for any '{split}' image (expected e.g. "
+            f"{rec.rel(_darknet_label_guess(images[0], root, split))}); every image "
+            "is treated as having no objects",
+        )
+    elif objects == 0:
+        rec.warning(source, f"the '{split}' split has no objects: its label files hold no boxes")
+    label_dir = root / "labels" / split
+    if label_dir.is_dir():
+        orphans = sorted(p for p in label_dir.rglob("*.txt") if p not in labels_used)
+        if orphans:
+            rec.warning(
+                orphans[0],
+                f"{len(orphans)} label file(s) in {rec.rel(label_dir)}/ "
+                "match no image (this is the first) and are ignored",
+            )
+    if names is None:
+        return None
+    return names, SplitCounts(layout, len(images), objects)
+
+
+def _darknet_label_guess(image: Path, root: Path, split: str) -> Path:
+    try:
+        relative = image.relative_to(root / "images" / split)
+    except ValueError:
+        return image.with_suffix(".txt")
+    return (root / "labels" / split / relative).with_suffix(".txt")
+
+
+def _check_label_file(
+    path: Path, image_size: tuple[int, int], num_classes: int | None, rec: _Recorder
+) -> int:
+    """Checks ``class cx cy w h`` lines (fractions of the image side) against the image's
+    ``(width, height)`` in pixels; returns the number of valid boxes."""
+    text = _read_text(path, rec)
+    if text is None:
+        return 0
+    boxes = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            rec.error(
+                path,
+                f"expected 5 numbers 'class cx cy w h', got {len(fields)} ({line.strip()[:60]!r})",
+                line=number,
+            )
+            continue
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            rec.error(
+                path, f"expected numbers 'class cx cy w h', got {line.strip()[:60]!r}", line=number
+            )
+            continue
+        cls, cx, cy, w, h = values
+        if not all(math.isfinite(v) for v in values):
+            rec.error(path, "values must be finite numbers", line=number)
+        elif cls < 0 or cls != round(cls):
+            rec.error(path, f"class id {fields[0]} must be an integer >= 0", line=number)
+        elif num_classes is not None and cls >= num_classes:
+            rec.error(
+                path,
+                f"class id {int(cls)} is out of range: the names file lists "
+                f"{num_classes} classes (ids 0..{num_classes - 1}); fix the id or add "
+                "names",
+                line=number,
+            )
+        elif w <= 0 or h <= 0:
+            rec.error(
+                path, f"box width {fields[3]} and height {fields[4]} must be > 0", line=number
+            )
+        elif edge := _box_outside(*_yolo_corners(cx, cy, w, h, image_size), *image_size):
+            rec.error(
+                path,
+                f"box crosses the {edge} edge of the image: cx, cy, w, h are "
+                "fractions of the image size and the box must lie within [0, 1]",
+                line=number,
+            )
+        else:
+            boxes += 1
+    return boxes
+
+
+def _yolo_corners(
+    cx: float, cy: float, w: float, h: float, image_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """Pixel ``x1, y1, x2, y2`` of a YOLO box (fractions) in an image of ``(width, height)``."""
+    width, height = image_size
+    return (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height

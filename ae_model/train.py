@@ -1,0 +1,537 @@
+"""The training loop: darknet's schedule, AE context each step, hooks, exact resume.
+
+Imitates torchvision's detection references (one checkpoint dict, ``--resume`` continues
+exactly) and detectron2's hooks (metrics, checkpoints, cancellation plug in without touching
+the loop). Training is iteration-based like darknet: ``max_batches`` optimizer steps, each over
+``batch`` images split into ``subdivisions`` micro-batches whose gradients accumulate.
+"""
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from ae_model.cfg import YoloSection, parse_cfg, resolve_cfg, retarget_classes
+from ae_model.darknet import Darknet
+from ae_model.data import AugmentParams, build_loader, open_dataset, unletterbox_boxes
+from ae_model.evaluate import COCOEvaluator, Detections, postprocess, timed
+from ae_model.excitation import AssistedExcitation, ExcitationContext, attach_excitation
+from ae_model.layers import YoloLayer
+from ae_model.loss import YoloLoss
+from ae_model.optim import LRSchedule, build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message says where and what to try."""
+
+    def __init__(self, iteration: int, last_finite: float | None) -> None:
+        self.iteration = iteration
+        self.last_finite = last_finite
+        last = "none yet" if last_finite is None else f"{last_finite:.4f}"
+        super().__init__(
+            f"loss became non-finite at iteration {iteration} (last finite loss: {last}); "
+            "lower learning_rate, lengthen burn_in, or lower AE alpha_max"
+        )
+
+
+@dataclass
+class AEConfig:
+    """Where and how to apply Assisted Excitation (see docs/assisted_excitation.md).
+
+    ``layers`` is a darknet layer index, a list of them, or ``{"stride": S}``.
+    ``iterations`` (T) defaults to the job's ``max_batches``.
+    """
+
+    layers: int | list[int] | dict[str, int]
+    schedule: str = "cosine"
+    iterations: int | None = None
+    alpha_max: float = 1.0
+    mode: str = "excite"
+    detach: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``None`` means "as the cfg's [net] says".
+
+    Saved, resolved, inside every checkpoint.
+    """
+
+    cfg: str
+    data: str
+    out: str = "runs/train"
+    seed: int = 0
+    max_batches: int | None = None
+    batch: int | None = None
+    subdivisions: int | None = None
+    learning_rate: float | None = None
+    momentum: float | None = None
+    decay: float | None = None
+    burn_in: int | None = None
+    policy: str | None = None
+    steps: list[int] | None = None
+    scales: list[float] | None = None
+    width: int | None = None
+    height: int | None = None
+    multiscale: bool | None = None
+    augment: bool = True
+    ae: AEConfig | None = None
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    workers: int = 0
+    eval_interval: int = 0
+    checkpoint_interval: int = 100
+    val_limit: int | None = None
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        if data.get("ae") is not None:
+            data["ae"] = AEConfig(**data["ae"])
+        return cls(**data)
+
+
+class Hook:
+    """Training hook: override any of these; each receives the trainer."""
+
+    def before_train(self, trainer: "Trainer") -> None:
+        """Called once, before the first iteration (also when resuming)."""
+
+    def after_step(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        """Called after each optimizer step with that step's metrics."""
+
+    def after_eval(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        """Called after each evaluation with the COCO metrics."""
+
+    def after_checkpoint(self, trainer: "Trainer", path: Path) -> None:
+        """Called after a checkpoint file is written (``last.pt`` or ``best.pt``)."""
+
+    def after_train(self, trainer: "Trainer") -> None:
+        """Called once at the end, also when training stopped early or failed."""
+
+
+def _select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains a darknet network on a COCO-layout dataset.
+
+    Args:
+        config: the run's settings; ``None`` fields are resolved from the cfg's ``[net]``.
+        hooks: called at the points named in :class:`Hook`.
+        resume: a checkpoint path to continue from exactly.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        hooks: Sequence[Hook] = (),
+        resume: str | Path | None = None,
+    ) -> None:
+        self.config = config
+        self.hooks = list(hooks)
+        self.device = _select_device(config.device)
+        self.out = Path(config.out)
+        self.stop_requested = False
+        self.iteration = 0
+        self.best_metric: float | None = None
+        self.last_finite_loss: float | None = None
+        self.history: list[dict[str, float]] = []
+        self.evaluations: list[dict[str, float]] = []
+
+        self.train_set = open_dataset(config.data, "train")
+        self.val_set = open_dataset(config.data, "val")
+        cfg = resolve_cfg(config.cfg)
+        classes = {head.classes for head in cfg.sections if isinstance(head, YoloSection)}
+        retargeted_from = None
+        if classes != {self.train_set.num_classes}:
+            # What darknet users do by hand: heads (and the convs before them) sized to the data.
+            retargeted_from = sorted(classes)
+            cfg = parse_cfg(retarget_classes(cfg.text, self.train_set.num_classes), cfg.source)
+        seed_everything(config.seed)  # before building: the seed fixes the initial weights
+        self.model = Darknet(cfg)
+        self._resolve(config)
+        config.resolved["classes"] = list(self.train_set.class_names)
+        config.resolved["retargeted_from_classes"] = retargeted_from
+        config.resolved["cfg_text"] = cfg.text
+        r = config.resolved
+        self.context = ExcitationContext()
+        ae = config.ae
+        self.ae_layers = attach_excitation(
+            self.model,
+            ae.layers if ae else None,
+            self.context,
+            schedule=ae.schedule if ae else "cosine",
+            T=(ae.iterations or r["max_batches"]) if ae else None,
+            alpha_max=ae.alpha_max if ae else 1.0,
+            mode=ae.mode if ae else "excite",
+            detach=ae.detach if ae else True,
+            burn_in=r["burn_in"],
+            max_batches=r["max_batches"],
+            width=r["width"],
+            height=r["height"],
+        )
+        r["ae_layers"] = self.ae_layers
+        self.model.to(self.device)
+        if self.device.type == "cuda" and config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        yolo_heads = [h for h in self.model.heads if isinstance(h, YoloLayer)]
+        if len(yolo_heads) != len(self.model.heads):
+            raise ValueError(
+                f"{cfg.source}: training [region] (YOLOv2) heads is not supported yet; "
+                "use a cfg with [yolo] heads"
+            )
+        self.loss_fn = YoloLoss(yolo_heads)
+        self.schedule = LRSchedule(
+            learning_rate=r["learning_rate"],
+            max_batches=r["max_batches"],
+            policy=r["policy"],
+            burn_in=r["burn_in"],
+            power=r["power"],
+            steps=r["steps"],
+            scales=r["scales"],
+            step=r["step"],
+            scale=r["scale"],
+            gamma=r["gamma"],
+        )
+        self.optimizer = build_optimizer(self.model, r["learning_rate"], r["momentum"], r["decay"])
+        self.scheduler = build_scheduler(self.optimizer, self.schedule)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self._build_data()
+        if resume is not None:
+            self.load_checkpoint(resume)
+
+    # -- setup -----------------------------------------------------------------------------
+    def _resolve(self, config: TrainConfig) -> None:
+        """Fill ``config.resolved`` from overrides, else the cfg's [net], else darknet defaults."""
+        net = self.model.net
+
+        def pick(name: str, default: Any, cast: Any) -> Any:
+            value = getattr(config, name)
+            if value is not None:
+                return value
+            return cast(net[name]) if name in net else default
+
+        def numbers(name: str, cast: Any) -> list[Any]:
+            value = getattr(config, name)
+            if value is not None:
+                return list(value)
+            raw = net.get(name)
+            return [cast(v) for v in str(raw).split(",") if v.strip()] if raw else []
+
+        batch = pick("batch", 1, int)
+        subdivisions = pick("subdivisions", 1, int)
+        if batch % subdivisions:
+            raise ValueError(
+                f"batch={batch} is not divisible by subdivisions={subdivisions}; "
+                "each micro-batch must hold batch/subdivisions images"
+            )
+        heads = self.model.heads
+        # Darknet's `random` (on the heads): 0 off, 1 sizes base/1.4..base*1.4, r>1 base/r..base*r.
+        cfg_random = max((float(getattr(h, "random", 0)) for h in heads), default=0.0)
+        if config.multiscale is None:
+            random_value = cfg_random
+        else:
+            random_value = (cfg_random or 1.0) if config.multiscale else 0.0
+        config.resolved = {
+            "batch": batch,
+            "subdivisions": subdivisions,
+            "max_batches": pick("max_batches", 1000, int),
+            "learning_rate": pick("learning_rate", 0.001, float),
+            "momentum": pick("momentum", 0.9, float),
+            "decay": pick("decay", 0.0001, float),
+            "burn_in": pick("burn_in", 0, int),
+            "power": float(net.get("power", 4)),
+            "policy": pick("policy", "constant", str),
+            "steps": numbers("steps", lambda v: int(float(v))),
+            "scales": numbers("scales", float),
+            # Darknet's parse_net_options defaults for the step, exp, sig and sgdr policies.
+            "step": int(float(net.get("step", 1))),
+            "scale": float(net.get("scale", 1.0)),
+            "gamma": float(net.get("gamma", 1.0)),
+            "width": pick("width", 416, int),
+            "height": pick("height", 416, int),
+            "random": random_value,
+            "saturation": float(net.get("saturation", 1.0)),
+            "exposure": float(net.get("exposure", 1.0)),
+            "hue": float(net.get("hue", 0.0)),
+            "jitter": float(getattr(heads[0], "jitter", 0.0)) if heads else 0.0,
+        }
+        if config.resolved["policy"] != "steps":
+            config.resolved["steps"], config.resolved["scales"] = [], []
+        for side in ("width", "height"):
+            if config.resolved[side] % 32 or config.resolved[side] <= 0:
+                raise ValueError(
+                    f"{side}={config.resolved[side]} is not a positive multiple of 32; YOLO "
+                    "downsamples by 32, so use e.g. 320, 416 or 608"
+                )
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not self.config.amp or self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _build_data(self) -> None:
+        r = self.config.resolved
+        if self.config.augment:
+            options = {**self.model.net, "jitter": r["jitter"]}
+            self.augment_params = AugmentParams.from_darknet(options)
+        else:
+            self.augment_params = AugmentParams()
+        r["augment"] = dataclasses.asdict(self.augment_params)
+
+    # -- the loop --------------------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Micro-batches from the current iteration on; the same stream a fresh run would see."""
+        r = self.config.resolved
+        loader = build_loader(
+            self.train_set,
+            batch_size=r["batch"] // r["subdivisions"],
+            img_size=(r["width"], r["height"]),
+            train=True,
+            seed=self.config.seed,
+            workers=self.config.workers,
+            multiscale=r["random"],
+            augment_params=self.augment_params,
+            subdivisions=r["subdivisions"],
+            start_iteration=self.iteration,
+            iterations=r["max_batches"],
+        )
+        return iter(loader)
+
+    def train(self) -> dict[str, float]:
+        """Run to ``max_batches`` (or until a hook sets ``stop_requested``); final metrics."""
+        r = self.config.resolved
+        self.out.mkdir(parents=True, exist_ok=True)
+        for hook in self.hooks:
+            hook.before_train(self)
+        final: dict[str, float] = {}
+        try:
+            batches = self._batches()
+            while self.iteration < r["max_batches"] and not self.stop_requested:
+                metrics = self.train_step(batches)
+                self.history.append(metrics)
+                for hook in self.hooks:
+                    hook.after_step(self, metrics)
+                last = self.iteration == r["max_batches"]
+                every = self.config.eval_interval
+                if (every and self.iteration % every == 0) or last:
+                    final = self.evaluate()  # first, so last.pt records the best metric
+                interval = self.config.checkpoint_interval
+                if (interval and self.iteration % interval == 0) or last:
+                    self.save_checkpoint(self.out / "last.pt")
+            if self.stop_requested:
+                self.save_checkpoint(self.out / "last.pt")
+        finally:
+            for hook in self.hooks:
+                hook.after_train(self)
+        return final
+
+    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over ``subdivisions`` micro-batches; returns its metrics."""
+        r = self.config.resolved
+        self.model.train()
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(4, device=self.device)
+        images_seen = 0
+        for _ in range(r["subdivisions"]):
+            images, targets = next(batches)
+            images = images.to(self.device, non_blocking=True)
+            if self.device.type == "cuda" and self.config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(self.device, non_blocking=True)
+            self.context.set(targets, images.shape[0], self.iteration)
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):  # fmt: skip
+                outputs = self.model(images)
+            out = self.loss_fn(
+                [o.float() for o in outputs], targets, (images.shape[3], images.shape[2])
+            )
+            self.scaler.scale(out.loss / r["subdivisions"]).backward()
+            totals += torch.stack([out.loss.detach(), out.box, out.obj, out.cls])
+            images_seen += images.shape[0]
+        self.context.clear()
+        totals /= r["subdivisions"]
+        loss, box, obj, cls = totals.tolist()  # the one host sync per step
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(self.iteration, self.last_finite_loss)
+        self.last_finite_loss = loss
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        alphas = [
+            m.last_alpha
+            for m in self.model.excitations.values()
+            if isinstance(m, AssistedExcitation)
+        ]
+        self.iteration += 1
+        elapsed = time.perf_counter() - start
+        metrics = {
+            "iteration": float(self.iteration),
+            "loss": loss,
+            "loss_box": box,
+            "loss_obj": obj,
+            "loss_cls": cls,
+            "lr": lr,
+            "ae_alpha": max(alphas) if alphas else 0.0,
+            "images_per_s": images_seen / elapsed,
+            "input_size": float(images.shape[3]),
+        }
+        if self.device.type == "cuda":
+            metrics["gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return metrics
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """COCO metrics on the val split (the first ``val_limit`` images if set)."""
+        r = self.config.resolved
+        dataset: Any = self.val_set
+        if self.config.val_limit is not None:
+            dataset = Subset(self.val_set, range(min(self.config.val_limit, len(self.val_set))))
+        loader = build_loader(
+            dataset,
+            batch_size=max(1, r["batch"] // r["subdivisions"]),
+            img_size=(r["width"], r["height"]),
+            train=False,
+            workers=self.config.workers,
+        )
+        evaluator = COCOEvaluator(self.val_set.coco_ground_truth(), self.val_set.category_ids)
+        self.model.eval()
+        for images, _targets, metas in loader:
+            images = images.to(self.device, non_blocking=True)
+            with timed(evaluator, images.shape[0], self.device), torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):  # fmt: skip
+                detections = postprocess(self.model(images).float())
+            for det, meta in zip(detections, metas, strict=True):
+                boxes = unletterbox_boxes(det.boxes, meta)
+                evaluator.update(meta.image_id, Detections(boxes, det.scores, det.labels))
+        self.model.train()
+        metrics = evaluator.summarize()
+        metrics["iteration"] = float(self.iteration)
+        self.evaluations.append(metrics)
+        if self.best_metric is None or metrics["AP"] > self.best_metric:
+            self.best_metric = metrics["AP"]
+            self.save_checkpoint(self.out / "best.pt")
+        for hook in self.hooks:
+            hook.after_eval(self, metrics)
+        return metrics
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+            "best_metric": self.best_metric,
+            "last_finite_loss": self.last_finite_loss,
+        }
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Write atomically: a crash mid-write never leaves a truncated ``last.pt``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.checkpoint(), tmp)
+        tmp.replace(path)
+        for hook in self.hooks:
+            hook.after_checkpoint(self, path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue exactly from ``path``; refuses a checkpoint trained with other settings."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        changed = _changed_settings(state["config"], self.config.to_dict())
+        if changed:
+            raise ValueError(
+                f"{path} was trained with other settings, and resuming continues a run exactly: "
+                + "; ".join(changed)
+                + ". Resume with the checkpoint's settings, or start a new run (its weights "
+                "can be exported and loaded as a starting point)"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = state["iteration"]
+        self.best_metric = state["best_metric"]
+        self.last_finite_loss = state["last_finite_loss"]
+        set_rng_state(state["rng"])
+
+
+# What makes two runs the same run; output folder, device, workers and evaluation cadence may
+# change between attempts.
+_RUN_IDENTITY = ("seed", "augment", "ae")
+
+
+def _changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"name: saved -> current"`` for each setting of the run that differs."""
+    changed = [
+        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in _RUN_IDENTITY
+        if saved.get(key) != current.get(key)
+    ]
+    old, new = saved.get("resolved", {}), current.get("resolved", {})
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            shown = "the cfg's text differs" if key == "cfg_text" else None
+            changed.append(f"{key}: {shown or f'{old.get(key)!r} -> {new.get(key)!r}'}")
+    return changed

@@ -1,0 +1,390 @@
+"""Dataset validation and safe zip extraction, on real files (the API tests reuse the builders)."""
+
+import io
+import json
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from ae_model.dataset_check import (
+    MAX_LISTED_PROBLEMS,
+    ArchiveLimits,
+    DatasetError,
+    check_dataset,
+    extract_zip,
+    find_dataset_root,
+)
+from ae_model.datasets import generate_dataset
+
+Files = dict[str, Any]  # path -> bytes, str, or a dict written as JSON
+IMAGE_SIZE = (64, 48)
+
+
+def png(size: tuple[int, int] = IMAGE_SIZE, colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def coco_files(train: int = 2, val: int = 1) -> Files:
+    """A valid COCO dataset: 2 categories, one 20x16 box per image."""
+    files: Files = {}
+    width, height = IMAGE_SIZE
+    for split, count in (("train", train), ("val", val)):
+        images, annotations = [], []
+        for i in range(count):
+            name = f"{i:03d}.png"
+            files[f"images/{split}/{name}"] = png()
+            images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
+            annotations.append(
+                {
+                    "id": i + 1,
+                    "image_id": i + 1,
+                    "category_id": 1 + i % 2,
+                    "bbox": [4, 4, 20, 16],
+                    "area": 320,
+                    "iscrowd": 0,
+                }
+            )
+        files[f"annotations/instances_{split}.json"] = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        }
+    return files
+
+
+def yolo_files(train: int = 2, val: int = 1) -> Files:
+    """A valid YOLO dataset: classes.txt with 2 names, one box per image."""
+    files: Files = {"classes.txt": "cat\ndog\n"}
+    for split, count in (("train", train), ("val", val)):
+        for i in range(count):
+            files[f"images/{split}/{i:03d}.png"] = png()
+            files[f"labels/{split}/{i:03d}.txt"] = f"{i % 2} 0.5 0.5 0.25 0.3\n"
+    return files
+
+
+def encode(content: Any) -> bytes:
+    if isinstance(content, bytes):
+        return content
+    if isinstance(content, str):
+        return content.encode()
+    return json.dumps(content).encode()
+
+
+def write_files(root: Path, files: Files) -> Path:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(content))
+    return root
+
+
+def zip_bytes(files: Files, prefix: str = "") -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in files.items():
+            zf.writestr(prefix + name, encode(content))
+    return out.getvalue()
+
+
+def zip_with_member(info: zipfile.ZipInfo, content: bytes, files: Files | None = None) -> bytes:
+    """A valid dataset zip plus one crafted member."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in (files if files is not None else coco_files()).items():
+            zf.writestr(name, encode(data))
+        zf.writestr(info, content)
+    return out.getvalue()
+
+
+def symlink_member(name: str = "images/train/link.png") -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3  # Unix: the mode in external_attr is meaningful
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+def check(tmp_path: Path, files: Files) -> dict[str, Any]:
+    return check_dataset(write_files(tmp_path / "ds", files)).as_dict()
+
+
+def messages(report: dict[str, Any], kind: str = "errors") -> str:
+    return "\n".join(f"{p['file']}:{p.get('line', '')}: {p['message']}" for p in report[kind])
+
+
+# -- valid datasets ---------------------------------------------------------------------------
+
+
+def test_generated_dataset_passes_with_counts(tmp_path: Path) -> None:
+    info = generate_dataset("shapes", tmp_path, train=3, val=2, size=96, min_scale=0.1)
+    report = check_dataset(tmp_path)
+    assert report.ok and not report.warnings, report.as_dict()
+    assert report.class_names == list(info.class_names)
+    counts = report.as_dict()["counts"]
+    assert counts["train"] == {
+        "layout": "coco",
+        "images": 3,
+        "objects": info.splits["train"].num_objects,
+    }
+    assert counts["val"]["images"] == 2
+
+
+def test_valid_coco_and_yolo(tmp_path: Path) -> None:
+    coco = check(tmp_path / "coco", coco_files(train=3))
+    assert not coco["errors"] and not coco["warnings"]
+    assert coco["counts"]["train"] == {"layout": "coco", "images": 3, "objects": 3}
+    yolo = check_dataset(write_files(tmp_path / "yolo", yolo_files(train=3)))
+    assert yolo.ok and not yolo.warnings, yolo.as_dict()
+    assert yolo.class_names == ["cat", "dog"]
+    assert yolo.as_dict()["counts"]["val"] == {"layout": "yolo", "images": 1, "objects": 1}
+
+
+def test_darknet_list_layout(tmp_path: Path) -> None:
+    files = yolo_files()
+    files["train.txt"] = "images/train/000.png\nimages/train/001.png\n"
+    report = check(tmp_path, files)
+    assert not report["errors"]
+    assert report["counts"]["train"] == {"layout": "darknet_list", "images": 2, "objects": 2}
+
+
+def test_the_loader_reads_what_the_check_accepts(tmp_path: Path) -> None:
+    from ae_model.data import IMAGE_SUFFIXES, open_dataset
+    from ae_model.dataset_check import IMAGE_SUFFIXES as CHECKED_SUFFIXES
+
+    assert CHECKED_SUFFIXES == IMAGE_SUFFIXES
+    for layout, files in (("coco", coco_files()), ("yolo", yolo_files())):
+        root = write_files(tmp_path / layout, files)
+        report = check_dataset(root)
+        assert report.ok
+        for split in ("train", "val"):
+            dataset = open_dataset(root, split)
+            assert len(dataset) == report.splits[split].images
+            assert sum(len(dataset[i].boxes) for i in range(len(dataset))) == (
+                report.splits[split].objects
+            )
+            assert list(dataset.class_names) == report.class_names
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_coco_problems_name_file_and_id(tmp_path: Path) -> None:
+    files = coco_files(train=5)
+    train = files["annotations/instances_train.json"]
+    train["annotations"][0]["bbox"] = [50, 4, 30, 16]  # right edge 80 > 64
+    train["annotations"][1]["category_id"] = 9
+    train["annotations"][2]["image_id"] = 99
+    train["annotations"][3]["bbox"] = [4, 4, 0, 10]
+    train["images"][4]["width"] = 640
+    report = check(tmp_path, files)
+    text = messages(report)
+    assert "crosses the right edge" in text
+    assert "category_id 9 is not declared" in text
+    assert "image_id 99" in text
+    assert "has no area" in text
+    assert "declares 640x48 but images/train/004.png is 64x48" in text
+    by_annotation = {p.get("annotation_id"): p for p in report["errors"]}
+    assert by_annotation[1]["file"] == "annotations/instances_train.json"
+    assert set(by_annotation) >= {1, 2, 3}
+
+
+def test_coco_file_name_must_stay_inside_the_image_folder(tmp_path: Path) -> None:
+    files = coco_files()
+    files["annotations/instances_train.json"]["images"][0]["file_name"] = "../../secret.png"
+    files["secret.png"] = png()
+    report = check(tmp_path, files)
+    assert "must be a path relative to images/train/" in messages(report)
+
+
+def test_missing_image_and_unreadable_image(tmp_path: Path) -> None:
+    files = coco_files()
+    del files["images/train/001.png"]
+    files["images/val/000.png"] = b"this is not a picture"
+    report = check(tmp_path, files)
+    text = messages(report)
+    assert "images/train/001.png does not exist" in text
+    problem = next(p for p in report["errors"] if p["file"] == "images/val/000.png")
+    assert "not a readable image" in problem["message"]
+
+
+def test_truncated_image_is_an_error(tmp_path: Path) -> None:
+    files = coco_files()
+    files["images/train/000.png"] = png()[:-20]
+    report = check(tmp_path, files)
+    assert any(p["file"] == "images/train/000.png" for p in report["errors"]), report
+
+
+def test_val_annotations_need_area_and_iscrowd_for_evaluation(tmp_path: Path) -> None:
+    files = coco_files()
+    del files["annotations/instances_train.json"]["annotations"][0]["area"]
+    del files["annotations/instances_val.json"]["annotations"][0]["iscrowd"]
+    report = check(tmp_path, files)
+    assert [p["file"] for p in report["errors"]] == ["annotations/instances_val.json"]
+    assert [p["file"] for p in report["warnings"]] == ["annotations/instances_train.json"]
+    assert "'area' or 'iscrowd'" in report["errors"][0]["message"]
+
+
+def test_yolo_problems_name_file_and_line(tmp_path: Path) -> None:
+    files = yolo_files()
+    files["labels/train/000.txt"] = (
+        "0 0.5 0.5 0.2 0.2\n"
+        "5 0.5 0.5 0.2 0.2\n"  # class out of range
+        "1 0.95 0.5 0.2 0.2\n"  # right edge 1.05
+        "1 0.5 0.5 0 0.2\n"  # no width
+        "1 0.5 0.5 0.2\n"  # 4 numbers
+        "a b c d e\n"
+        "1.5 0.5 0.5 0.2 0.2\n"
+    )
+    report = check(tmp_path, files)
+    lines = {p["line"]: p["message"] for p in report["errors"]}
+    assert set(lines) == {2, 3, 4, 5, 6, 7}
+    assert "class id 5 is out of range" in lines[2] and "2 classes" in lines[2]
+    assert "right edge" in lines[3]
+    assert "must be > 0" in lines[4]
+    assert "got 4" in lines[5]
+    assert "expected numbers" in lines[6]
+    assert "integer" in lines[7]
+    assert all(p["file"] == "labels/train/000.txt" for p in report["errors"])
+    assert report["counts"]["train"]["objects"] == 1 + 1  # line 1 and image 001
+
+
+def test_small_overhang_is_tolerated(tmp_path: Path) -> None:
+    files = yolo_files()
+    files["labels/train/000.txt"] = "0 0.5 0.5 1.005 1.005\n"
+    assert not check(tmp_path, files)["errors"]
+
+
+def test_yolo_needs_class_names(tmp_path: Path) -> None:
+    files = yolo_files()
+    del files["classes.txt"]
+    assert "classes.txt or one .names file" in messages(check(tmp_path / "a", files))
+    files["a.names"] = "x\n"
+    files["b.names"] = "y\n"
+    assert "keep exactly one" in messages(check(tmp_path / "b", files))
+
+
+def test_missing_split(tmp_path: Path) -> None:
+    files = {k: v for k, v in coco_files().items() if "val" not in k}
+    report = check(tmp_path, files)
+    assert "no 'val' split" in messages(report)
+    assert "annotations/instances_val.json" in messages(report)
+
+
+def test_splits_must_agree_on_classes(tmp_path: Path) -> None:
+    files = coco_files()
+    files["annotations/instances_val.json"]["categories"].append({"id": 3, "name": "owl"})
+    assert "same classes" in messages(check(tmp_path, files))
+
+
+def test_warnings_for_unused_files(tmp_path: Path) -> None:
+    files = coco_files()
+    files["images/train/extra.png"] = png()
+    yolo = yolo_files()
+    yolo["labels/train/orphan.txt"] = "0 0.5 0.5 0.1 0.1\n"
+    coco_report, yolo_report = check(tmp_path / "c", files), check(tmp_path / "y", yolo)
+    assert not coco_report["errors"] and not yolo_report["errors"]
+    assert "not listed in instances_train.json" in messages(coco_report, "warnings")
+    assert "match no image" in messages(yolo_report, "warnings")
+
+
+def test_splits_without_objects_are_warned_about(tmp_path: Path) -> None:
+    files = yolo_files()
+    files["labels/val/000.txt"] = "\n"
+    no_labels = {k: v for k, v in yolo_files().items() if not k.startswith("labels/val")}
+    empty, missing = check(tmp_path / "e", files), check(tmp_path / "m", no_labels)
+    assert not empty["errors"] and not missing["errors"]
+    assert "'val' split has no objects" in messages(empty, "warnings")
+    assert "expected e.g. labels/val/000.txt" in messages(missing, "warnings")
+
+
+def test_many_problems_are_counted_not_listed(tmp_path: Path) -> None:
+    files = yolo_files()
+    files["labels/train/000.txt"] = "7 0.5 0.5 0.1 0.1\n" * (MAX_LISTED_PROBLEMS + 30)
+    report = check(tmp_path, files)
+    assert len(report["errors"]) == MAX_LISTED_PROBLEMS
+    assert report["omitted_errors"] == 30
+
+
+# -- archives -----------------------------------------------------------------------------------
+
+
+def test_extracts_and_finds_a_wrapper_folder(tmp_path: Path) -> None:
+    data = zip_bytes({**coco_files(), "__MACOSX/._x": b"junk"}, prefix="mydata/")
+    extract_zip(io.BytesIO(data), tmp_path / "out")
+    root = find_dataset_root(tmp_path / "out")
+    assert root == tmp_path / "out" / "mydata"
+    assert not (tmp_path / "out" / "__MACOSX").exists()
+    report = check_dataset(root, display_root=tmp_path / "out")
+    assert report.ok
+    assert find_dataset_root(write_files(tmp_path / "flat", coco_files())) == tmp_path / "flat"
+
+
+@pytest.mark.parametrize(
+    ("member", "expected"),
+    [
+        (zipfile.ZipInfo("../evil.txt"), "contains '..'"),
+        (zipfile.ZipInfo("images/../../evil.txt"), "contains '..'"),
+        (zipfile.ZipInfo("/etc/evil.txt"), "absolute path"),
+        (zipfile.ZipInfo("C:/evil.txt"), "absolute path"),
+        (zipfile.ZipInfo("images\\..\\evil.txt"), "backslashes"),
+        (symlink_member(), "symbolic link"),
+    ],
+)
+def test_unsafe_members_are_refused(tmp_path: Path, member: zipfile.ZipInfo, expected: str) -> None:
+    with pytest.raises(DatasetError, match=expected):
+        extract_zip(io.BytesIO(zip_with_member(member, b"x")), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_special_files_and_duplicates_are_refused(tmp_path: Path) -> None:
+    fifo = zipfile.ZipInfo("images/train/pipe")
+    fifo.create_system = 3
+    fifo.external_attr = (stat.S_IFIFO | 0o644) << 16
+    with pytest.raises(DatasetError, match="not a regular file"):
+        extract_zip(io.BytesIO(zip_with_member(fifo, b"")), tmp_path / "a")
+    duplicate = zipfile.ZipInfo("classes.txt")
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        data = zip_with_member(duplicate, b"x", files=yolo_files())
+    with pytest.raises(DatasetError, match="appears twice"):
+        extract_zip(io.BytesIO(data), tmp_path / "b")
+
+
+def test_zip_bombs_are_refused(tmp_path: Path) -> None:
+    bomb = zip_bytes({**coco_files(), "images/train/zeros.bin": bytes(20 << 20)})
+    with pytest.raises(DatasetError, match="possible zip bomb"):
+        extract_zip(io.BytesIO(bomb), tmp_path / "a")
+    many_small = zip_bytes({f"f{i}.txt": bytes(100_000) for i in range(30)})
+    with pytest.raises(DatasetError, match="possible zip bomb"):
+        extract_zip(io.BytesIO(many_small), tmp_path / "b")
+    with pytest.raises(DatasetError, match="more than the limit of 1000"):
+        extract_zip(
+            io.BytesIO(zip_bytes(coco_files())),
+            tmp_path / "c",
+            ArchiveLimits(max_total_bytes=1000),
+        )
+    with pytest.raises(DatasetError, match="holds 5 entries, more than the limit of 3"):
+        extract_zip(io.BytesIO(zip_bytes(coco_files())), tmp_path / "d", ArchiveLimits(3))
+    assert not any(tmp_path.iterdir())
+
+
+def test_member_larger_than_declared_is_refused(tmp_path: Path) -> None:
+    data = bytearray(zip_bytes({"a.txt": b"x" * 5000}, prefix=""))
+    # Lower the declared size in the central directory: extraction must not trust it.
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 24 : central + 28] = (100).to_bytes(4, "little")
+    with pytest.raises(DatasetError, match=r"a\.txt"):
+        extract_zip(io.BytesIO(bytes(data)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not a readable zip archive"):
+        extract_zip(io.BytesIO(b"GIF89a not a zip at all" * 10), tmp_path / "out")
+    with pytest.raises(DatasetError, match="empty"):
+        extract_zip(io.BytesIO(zip_bytes({})), tmp_path / "out")

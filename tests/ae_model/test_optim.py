@@ -1,0 +1,81 @@
+"""Darknet's learning-rate policies and parameter groups."""
+
+import pytest
+from torch import nn
+
+from ae_model.optim import LRSchedule, build_optimizer, build_scheduler, parameter_groups
+
+
+def test_burn_in_is_a_power_4_ramp() -> None:
+    s = LRSchedule(learning_rate=0.001, max_batches=1000, burn_in=100)
+    assert s(0) == 0.0
+    # t=50 of burn_in 100: 0.001 * 0.5**4 = 6.25e-5
+    assert s(50) == pytest.approx(6.25e-5)
+    assert s(100) == pytest.approx(0.001)
+
+
+def test_steps_policy_multiplies_at_each_step() -> None:
+    s = LRSchedule(0.01, 1000, policy="steps", steps=(400, 450), scales=(0.1, 0.1))
+    assert s(399) == pytest.approx(0.01)
+    # darknet: a step applies once t reaches it (steps[i] > t stops the product)
+    assert s(400) == pytest.approx(0.001)
+    assert s(449) == pytest.approx(0.001)
+    assert s(450) == pytest.approx(0.0001)
+
+
+def test_poly_sig_exp_and_sgdr() -> None:
+    assert LRSchedule(1.0, 100, policy="poly", power=2)(50) == pytest.approx(0.25)
+    assert LRSchedule(1.0, 100, policy="exp", gamma=0.5)(3) == pytest.approx(0.125)
+    assert LRSchedule(1.0, 100, policy="sig", gamma=1.0, step=10)(10) == pytest.approx(0.5)
+    sgdr = LRSchedule(1.0, 100, policy="sgdr", step=10)
+    assert sgdr(0) == pytest.approx(1.0)
+    assert sgdr(5) == pytest.approx(0.5)
+    assert sgdr(10) == pytest.approx(1.0)  # restart; the next period lasts 20
+    assert sgdr(20) == pytest.approx(0.5)
+
+
+def test_bad_policies_are_rejected_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="policy='cosinus' is not supported"):
+        LRSchedule(0.1, 10, policy="cosinus")
+    with pytest.raises(ValueError, match="as many scales as steps"):
+        LRSchedule(0.1, 10, policy="steps", steps=(5,), scales=())
+
+
+def test_no_weight_decay_on_biases_and_batch_norm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    decayed, plain = parameter_groups(model, 0.0005)
+    assert decayed["weight_decay"] == 0.0005 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert {id(p) for p in plain["params"]} == {
+        id(model[1].weight),
+        id(model[1].bias),
+        id(model[2].bias),
+    }
+
+
+def test_scheduler_follows_the_schedule_and_resumes() -> None:
+    model = nn.Linear(2, 2)
+    schedule = LRSchedule(0.01, 100, policy="steps", burn_in=4, steps=(6,), scales=(0.1,))
+    optimizer = build_optimizer(model, 0.01, 0.9, 0.0005)
+    scheduler = build_scheduler(optimizer, schedule)
+    seen = []
+    for _ in range(8):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([schedule(t) for t in range(8)])
+    resumed_opt = build_optimizer(model, 0.01, 0.9, 0.0005)
+    resumed = build_scheduler(resumed_opt, schedule)
+    # As the trainer resumes: optimizer state (holding the current lr), then the scheduler.
+    resumed_opt.load_state_dict(optimizer.state_dict())
+    resumed.load_state_dict(scheduler.state_dict())
+    assert resumed_opt.param_groups[0]["lr"] == pytest.approx(schedule(8))
+    resumed_opt.step()
+    resumed.step()
+    assert resumed_opt.param_groups[0]["lr"] == pytest.approx(schedule(9))
+
+
+def test_sig_policy_does_not_overflow_far_from_its_step() -> None:
+    schedule = LRSchedule(1.0, 100_000, policy="sig", gamma=1.0, step=10)
+    assert schedule(50_000) == pytest.approx(0.0, abs=1e-300)
+    assert LRSchedule(1.0, 100_000, policy="sig", gamma=-1.0, step=10)(50_000) == 1.0

@@ -1,0 +1,139 @@
+"""Real (tiny) training runs on generated data: learning, determinism, exact resume, AE."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ae_model.cfg import resolve_cfg
+from ae_model.datasets import generate_dataset
+from ae_model.train import AEConfig, Hook, NonFiniteLossError, TrainConfig, Trainer
+
+CFG = "yolov3-tiny-small"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    generate_dataset("shapes", root, train=48, val=8, size=128, seed=3)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    # Small convolutions run faster on one thread than fighting for two busy cores.
+    torch.set_num_threads(1)
+
+
+def _config(data: Path, out: Path, **overrides: object) -> TrainConfig:
+    base: dict[str, object] = dict(
+        cfg=CFG, data=str(data), out=str(out), max_batches=12, batch=8, subdivisions=2,
+        learning_rate=0.01, burn_in=5, policy="constant", width=128, height=128,
+        multiscale=False, checkpoint_interval=6, seed=7,
+    )  # fmt: skip
+    base.update(overrides)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+class StopAt(Hook):
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if trainer.iteration >= self.iteration:
+            trainer.stop_requested = True
+
+
+def test_tiny_run_learns_and_evaluates(shapes: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_config(shapes, tmp_path, max_batches=120, subdivisions=1))
+    final = trainer.train()
+    losses = [m["loss"] for m in trainer.history]
+    assert len(losses) == 120
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first, f"loss did not fall: {first:.2f} -> {last:.2f}"
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "latency_ms"} <= set(final)
+    assert 0.0 <= final["AP50"] <= 1.0
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    # The cfg has 10 classes; the data has 6 shapes: the heads were retargeted.
+    assert trainer.model.heads[0].classes == 6
+    assert trainer.config.resolved["retargeted_from_classes"] == [10]
+
+
+def test_same_seed_gives_identical_losses(shapes: Path, tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        trainer = Trainer(_config(shapes, tmp_path / name, max_batches=6))
+        trainer.train()
+        runs.append([m["loss"] for m in trainer.history])
+    assert runs[0] == runs[1]
+    other = Trainer(_config(shapes, tmp_path / "c", max_batches=6, seed=8))
+    other.train()
+    assert [m["loss"] for m in other.history] != runs[0]
+
+
+def test_resume_continues_exactly(shapes: Path, tmp_path: Path) -> None:
+    overrides = dict(multiscale=True, ae=AEConfig(layers={"stride": 16}))
+    straight = Trainer(_config(shapes, tmp_path / "straight", **overrides))
+    straight.train()
+    expected = [m["loss"] for m in straight.history]
+
+    first = Trainer(_config(shapes, tmp_path / "split", **overrides), hooks=[StopAt(6)])
+    first.train()
+    assert first.iteration == 6
+    second = Trainer(
+        _config(shapes, tmp_path / "split", **overrides), resume=tmp_path / "split" / "last.pt"
+    )
+    second.train()
+    resumed = [m["loss"] for m in first.history] + [m["loss"] for m in second.history]
+    assert resumed == expected
+
+
+def test_multiscale_with_ae_trains_at_changing_sizes(shapes: Path, tmp_path: Path) -> None:
+    # Darknet trains the largest size first and for the last 100 iterations: stop at 40 of 200.
+    config = _config(
+        shapes, tmp_path, max_batches=200, multiscale=True, subdivisions=1, learning_rate=0.003,
+        ae=AEConfig(layers={"stride": 16}, schedule="linear", iterations=40),
+    )  # fmt: skip
+    trainer = Trainer(config, hooks=[StopAt(40)])
+    trainer.train()
+    sizes = {m["input_size"] for m in trainer.history}
+    assert len(sizes) > 1 and all(s % 32 == 0 for s in sizes)
+    alphas = [m["ae_alpha"] for m in trainer.history]
+    assert alphas[0] == pytest.approx(1.0) and alphas[-1] < alphas[0]
+    assert all(math.isfinite(m["loss"]) for m in trainer.history)
+    assert trainer.config.resolved["ae_layers"] == trainer.ae_layers != []
+
+
+def test_non_finite_loss_stops_with_iteration_and_last_loss(shapes: Path, tmp_path: Path) -> None:
+    config = _config(shapes, tmp_path, learning_rate=1e12, burn_in=0, max_batches=50)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at iteration \d+") as info:
+        Trainer(config).train()
+    assert info.value.iteration >= 1
+    assert info.value.last_finite is not None
+
+
+def test_net_section_schedule_keys_reach_the_scheduler(shapes: Path, tmp_path: Path) -> None:
+    text = resolve_cfg(CFG).text.replace("decay=0.0005", "")
+    cfg = text.replace("[net]", "[net]\nstep=3\nscale=0.5\ngamma=0.9", 1)
+    config = _config(shapes, tmp_path, cfg=cfg, policy="step", burn_in=0, decay=None)
+    trainer = Trainer(config)
+    assert trainer.schedule(7) == pytest.approx(0.01 * 0.5**2)  # 7 // 3 = 2 halvings
+    assert (trainer.schedule.step, trainer.schedule.gamma) == (3, 0.9)
+    assert trainer.config.resolved["decay"] == 0.0001  # darknet's default without `decay=`
+
+
+def test_size_not_a_multiple_of_32_is_refused(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="width=100 is not a positive multiple of 32"):
+        Trainer(_config(shapes, tmp_path, width=100))
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(shapes: Path, tmp_path: Path) -> None:
+    first = Trainer(_config(shapes, tmp_path, max_batches=6))
+    first.train()
+    changed = _config(shapes, tmp_path / "again", max_batches=6, learning_rate=0.02, seed=8)
+    with pytest.raises(ValueError, match=r"other settings.*seed: 7 -> 8.*learning_rate"):
+        Trainer(changed, resume=tmp_path / "last.pt")
+    # Where it runs and how often it evaluates may change between attempts.
+    same = _config(shapes, tmp_path / "moved", max_batches=6, checkpoint_interval=3)
+    assert Trainer(same, resume=tmp_path / "last.pt").iteration == 6
