@@ -1,0 +1,54 @@
+"""API keys: random secrets shown once, stored as SHA-256 hashes, checked in constant time."""
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.db import ApiKey, Tenant
+
+KEY_PREFIX = "aet_"
+# The first characters of a key, stored in clear so a lookup needs no full-table scan.
+LOOKUP_CHARS = 12
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    tenant_id: int
+    key: str
+
+
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_tenant_with_key(session: Session, name: str) -> IssuedKey:
+    """A new tenant (or the existing one of that name) and a fresh key for it."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(tenant_id=tenant.id, prefix=key[:LOOKUP_CHARS], key_hash=hash_key(key)))
+    session.commit()
+    return IssuedKey(tenant.id, key)
+
+
+def tenant_for_key(session: Session, key: str) -> int | None:
+    """The tenant id owning ``key``, or None; the hash comparison takes constant time."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    digest = hash_key(key)
+    candidates = session.scalars(
+        select(ApiKey).where(ApiKey.prefix == key[:LOOKUP_CHARS], ApiKey.revoked_at.is_(None))
+    ).all()
+    found = None
+    for candidate in candidates:
+        if hmac.compare_digest(candidate.key_hash, digest):
+            found = candidate.tenant_id
+    return found

@@ -1,0 +1,278 @@
+"""The ``aetrain`` command: model commands from ae_model plus the service's own commands.
+
+Module-level imports stay free of torch so ``aetrain serve`` runs an API process without it.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from sqlalchemy.exc import OperationalError
+
+from ae_model.cli import app as model_app
+
+app = typer.Typer(
+    name="aetrain",
+    help="Train YOLO detectors with Assisted Excitation, and tell a gain from seed noise.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+# Merged without a name: `aetrain layers ...`, not `aetrain model layers ...`.
+app.add_typer(model_app)
+
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: str = typer.Argument("head", help="Alembic revision to migrate to."),
+) -> None:
+    """Apply migrations to the configured database (the embedded SQLite file by default)."""
+    from api.migrate import upgrade
+    from api.settings import get_settings
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url()
+    try:
+        upgrade(url, revision)
+    except OperationalError as error:
+        typer.echo(f"error: cannot reach the database ({error.orig}); check DATABASE_URL", err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(f"database at revision {revision}")
+
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _session_factory() -> Any:
+    from api.db import make_engine, make_session_factory
+    from api.settings import get_settings
+
+    return make_session_factory(make_engine(get_settings().resolved_database_url()))
+
+
+@keys_app.command("create")
+def keys_create(tenant: str = typer.Argument(..., help="Tenant name (created if new).")) -> None:
+    """Print a new API key for TENANT. It is shown once; only its hash is stored."""
+    from api.auth import create_tenant_with_key
+    from api.migrate import check_up_to_date
+    from api.settings import get_settings
+
+    try:
+        check_up_to_date(get_settings().resolved_database_url())
+    except RuntimeError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    with _session_factory()() as session:
+        issued = create_tenant_with_key(session, tenant)
+    typer.echo(issued.key)
+
+
+def _worker_command(queues: str, concurrency: int) -> list[str]:
+    # prefork + one task per child (set in the Celery config): each job gets a fresh process,
+    # so CUDA state and memory never leak from one job into the next.
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--pool=prefork", f"--concurrency={concurrency}", "-Q", queues, "--loglevel=INFO",
+    ]  # fmt: skip
+
+
+@app.command()
+def worker(
+    queues: str = typer.Option(
+        "cpu", help="Comma-separated queues to consume (one per GPU class)."
+    ),
+    concurrency: int = typer.Option(1, min=1, help="Jobs at once; one per GPU."),
+) -> None:
+    """Run a Celery worker that trains jobs from the configured broker and database."""
+    raise typer.Exit(subprocess.call(_worker_command(queues, concurrency)))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    embedded_worker: bool = typer.Option(
+        True, help="With the embedded broker, also run a worker process (stopped on exit)."
+    ),
+) -> None:
+    """Run the HTTP API. With nothing configured it runs embedded: SQLite, a file-system broker
+    and a worker process, all under AETRAIN_HOME; the first start creates an API key."""
+    import uvicorn
+
+    from api.main import create_app
+    from api.migrate import upgrade
+    from api.settings import get_settings
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.database_url is None:
+        upgrade(settings.resolved_database_url())  # the embedded database is ours to migrate
+        key_file = settings.home / "api_key"
+        if not key_file.exists():
+            from api.auth import create_tenant_with_key
+
+            with _session_factory()() as session:
+                key = create_tenant_with_key(session, "local").key
+            key_file.write_text(key + "\n")
+            key_file.chmod(0o600)
+        typer.echo(f"embedded mode: data in {settings.home}; API key in {key_file}")
+    child = None
+    if settings.embedded_broker and embedded_worker:
+        child = subprocess.Popen(_worker_command("cpu", 1))
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it lets the
+    # `finally` below stop the worker instead of killing this process on the spot.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port)
+    finally:
+        if child is not None:
+            _stop_worker(child)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_worker(child: subprocess.Popen[bytes]) -> None:
+    """Celery's warm shutdown (SIGTERM) lets a running job finish; if that takes longer than
+    30 s, a cold shutdown (SIGQUIT), then SIGKILL, stop it with its last checkpoint on disk."""
+    for stop in (signal.SIGTERM, signal.SIGQUIT, signal.SIGKILL):
+        child.send_signal(stop)
+        try:
+            child.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def run_comparison(
+    client: Any, body: dict[str, Any], out: Path, poll_s: float = 1.0
+) -> dict[str, Any]:
+    """Submit a comparison, follow it with a progress bar, then print its table and verdict and
+    save ``comparison-<id>.json`` and ``comparison-<id>.png`` in ``out``."""
+    from tqdm import tqdm
+
+    created = client.post("/v1/comparisons", body)
+    cid, jobs_total = created["id"], created["progress"]["total"]
+    per_job = body["base"].get("train", {}).get("max_batches")
+    arms, seeds = len(body["arms"]), len(body["seeds"])
+    typer.echo(f"comparison {cid}: {arms} arms x {seeds} seeds = {jobs_total} jobs")
+    with tqdm(total=(per_job or 1) * jobs_total, desc="training", unit="it") as bar:
+        while True:
+            state = client.get(f"/v1/comparisons/{cid}")
+            jobs = state["jobs"]
+            done = sum(
+                (j["max_batches"] or per_job or 1) if j["state"] in TERMINAL else j["iteration"]
+                for j in jobs
+            )  # fmt: skip
+            running = [f"{j['arm']} seed {j['seed']}" for j in jobs if j["state"] == "running"]
+            finished = sum(j["state"] in TERMINAL for j in jobs)
+            bar.set_postfix_str(f"{finished}/{jobs_total} jobs; now: {', '.join(running) or '-'}")
+            bar.update(max(0, done - bar.n))
+            if finished == jobs_total:
+                break
+            time.sleep(poll_s)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"comparison-{cid}.json").write_text(json.dumps(state, indent=2))
+    plot = client.download(f"/v1/comparisons/{cid}/plot.png", out / f"comparison-{cid}.png")
+    typer.echo(state["table"] or "no job succeeded: nothing to compare")
+    for note in state["notes"]:
+        typer.echo(f"note: {note}")
+    typer.echo(f"plot: {plot}\nall numbers: {out / f'comparison-{cid}.json'}")
+    result: dict[str, Any] = state
+    return result
+
+
+def _client(server: str | None, api_key: str | None) -> Any:
+    from api.client import Client
+
+    if not api_key:
+        raise typer.BadParameter("--api-key (or AETRAIN_API_KEY) is needed with --server")
+    return Client(server or "", api_key)
+
+
+@app.command()
+def compare(
+    spec: Path = typer.Argument(..., help="JSON body of POST /v1/comparisons (see docs/api.md)."),
+    server: str | None = typer.Option(None, help="A running aetrain server; default: embedded."),
+    api_key: str | None = typer.Option(None, envvar="AETRAIN_API_KEY", help="With --server."),
+    out: Path = typer.Option(Path("aetrain-comparison"), help="Where the table and plot go."),
+) -> None:
+    """Run a comparison (arms x seeds) and print the paired statistics and verdict."""
+    from api.client import ApiError, embedded_server
+    from api.settings import get_settings
+
+    body = json.loads(spec.read_text())
+    try:
+        if server:
+            run_comparison(_client(server, api_key), body, out)
+        else:
+            with embedded_server(get_settings(), out / "server.log") as client:
+                run_comparison(client, body, out)
+    except ApiError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+
+
+QUICKSTART_DATA = {"kind": "digits", "train": 240, "val": 60, "size": 128, "seed": 0,
+                   "min_scale": 0.12, "max_scale": 0.35, "max_objects": 4}  # fmt: skip
+QUICKSTART_TRAIN = {"max_batches": 600, "batch": 8, "subdivisions": 1, "width": 128,
+                    "height": 128, "learning_rate": 0.003, "burn_in": 50, "multiscale": False,
+                    "eval_interval": 200, "checkpoint_interval": 200, "workers": 1}  # fmt: skip
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("aetrain-quickstart"), help="Where the table and plot go."),
+    seeds: int = typer.Option(3, min=1, max=20, help="Seeds per arm."),
+    max_batches: int = typer.Option(
+        QUICKSTART_TRAIN["max_batches"], min=1, help="Iterations per job."
+    ),
+    server: str | None = typer.Option(None, help="A running aetrain server; default: embedded."),
+    api_key: str | None = typer.Option(None, envvar="AETRAIN_API_KEY", help="With --server."),
+) -> None:
+    """Generate a digits dataset, train baseline vs AE (stride 16) over a few seeds on a small
+    YOLOv3-tiny, and print whether AE's difference is larger than seed noise."""
+    from api.client import ApiError, embedded_server
+    from api.settings import get_settings
+
+    def go(client: Any) -> None:
+        typer.echo("generating the digits dataset ...")
+        dataset = client.post(
+            "/v1/datasets/generate", {**QUICKSTART_DATA, "name": "quickstart digits"}
+        )
+        body = {
+            "name": "quickstart: AE at stride 16 vs baseline",
+            "base": {"model": "yolov3-tiny-small", "dataset_id": dataset["id"],
+                     "train": {**QUICKSTART_TRAIN, "max_batches": max_batches}},
+            "arms": [{"name": "baseline", "ae": None},
+                     {"name": "ae-stride16", "ae": {"layers": {"stride": 16}}}],
+            "seeds": list(range(seeds)),
+        }  # fmt: skip
+        run_comparison(client, body, out)
+
+    try:
+        if server:
+            go(_client(server, api_key))
+        else:
+            with embedded_server(get_settings(), out / "server.log") as client:
+                go(client)
+    except ApiError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,75 @@
+"""Response schemas of jobs, their events, metrics and checkpoints."""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    state: str
+    comparison_id: int | None
+    arm: str | None
+    seed: int | None
+    spec: dict[str, Any]
+    resolved: dict[str, Any] | None
+    queue: str
+    attempt: int
+    iteration: int
+    max_batches: int | None
+    cancel_requested: bool
+    result: dict[str, Any] | None
+    failure_reason: str | None
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class JobEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    state: str
+    message: str
+
+
+class MetricPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    key: str
+    step: int
+    value: float
+    at: datetime
+
+
+class MetricsPage(BaseModel):
+    data: list[MetricPublic]
+    count: int
+    next_since_step: int | None
+    """Pass as ``since_step`` for the next page; None when this page reached the end."""
+
+
+class CheckpointFile(BaseModel):
+    size: int
+    sha256: str
+
+
+class CheckpointPublic(BaseModel):
+    """A checkpoint (``last`` or ``best``) and its downloadable formats."""
+
+    name: str
+    iteration: int
+    metrics: dict[str, Any]
+    created_at: datetime
+    formats: dict[str, CheckpointFile]
+    """``pt`` (PyTorch checkpoint) and ``weights`` (darknet), with size and SHA-256."""

@@ -1,0 +1,56 @@
+"""The FastAPI application. Never imports torch: model work happens in the worker."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ae_model import __version__
+from api.db import make_engine, make_session_factory
+from api.migrate import check_up_to_date
+from api.routes import comparisons, datasets, health, jobs, models
+from api.settings import Settings, get_settings
+from worker.celery_app import create_celery
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for ``settings`` (the environment's when None).
+
+    Refuses to start on a database that is not migrated to the code's schema.
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.resolved_database_url()
+        check_up_to_date(url)
+        engine = make_engine(url)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.session_factory = make_session_factory(engine)
+        app.state.celery = create_celery(settings)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="aetrain",
+        version=__version__,
+        description=(
+            "Train YOLO detectors from darknet cfgs with Assisted Excitation of Activations, "
+            "and compare AE against a baseline over several seeds. Authenticate with "
+            "`Authorization: Bearer <API key>`; every resource belongs to the key's tenant."
+        ),
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(datasets.router)
+    app.include_router(models.router)
+    app.include_router(jobs.router)
+    app.include_router(comparisons.router)
+    return app
+
+
+# For `uvicorn api.main:app`: configured from the environment, connected at startup.
+app = create_app()

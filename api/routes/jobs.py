@@ -1,0 +1,337 @@
+"""Training jobs: submit, list, inspect, cancel, metrics (paged and streamed), checkpoints."""
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ae_model.cfg import CfgError, DarknetConfig, bundled_cfg_path, load_cfg, parse_cfg
+from api.db.models import (
+    TERMINAL_STATES,
+    Checkpoint,
+    Dataset,
+    Job,
+    JobEvent,
+    JobState,
+    Metric,
+    ModelConfig,
+)
+from api.deps import SessionDep, TenantDep
+from api.job_schemas import (
+    CheckpointFile,
+    CheckpointPublic,
+    JobEventPublic,
+    JobPublic,
+    JobsPublic,
+    MetricPublic,
+    MetricsPage,
+)
+from api.job_spec import JobCreate, StrideSpec
+from api.schemas import MAX_ROW_ID
+from worker import jobs as job_ops
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+CHECKPOINT_FORMATS = {"pt": "application/octet-stream", "weights": "application/octet-stream"}
+SSE_POLL_SECONDS = 0.5
+
+
+def _unprocessable(loc: list[str | int], message: str) -> HTTPException:
+    # The same shape as FastAPI's own validation errors, so clients parse one format.
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        [{"loc": ["body", *loc], "msg": message, "type": "value_error"}],
+    )
+
+
+def get_job(session: Session, tenant_id: int, job_id: int) -> Job:
+    """The tenant's job, or 404 (also for other tenants' jobs: their existence is private)."""
+    job = None
+    if 0 < job_id <= MAX_ROW_ID:
+        job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return job
+
+
+def owned_job(job_id: int, session: SessionDep, tenant_id: TenantDep) -> Job:
+    return get_job(session, tenant_id, job_id)
+
+
+# Checked before a streaming response starts: a 404 cannot be sent once the stream is open.
+OwnedJobDep = Annotated[Job, Depends(owned_job)]
+
+
+def _model_cfg(session: Session, tenant_id: int, model: str | int) -> DarknetConfig:
+    """The cfg a job names: an uploaded model of the tenant (by id) or a bundled cfg (by name)."""
+    try:
+        if isinstance(model, int) or model.isdigit():
+            row = session.scalar(
+                select(ModelConfig).where(
+                    ModelConfig.id == int(model), ModelConfig.tenant_id == tenant_id
+                )
+            )
+            if row is None:
+                raise _unprocessable(["model"], f"no uploaded model {model}; see GET /v1/models")
+            return parse_cfg(row.cfg_text, row.name)
+        return load_cfg(bundled_cfg_path(model))
+    except CfgError as error:
+        raise _unprocessable(["model"], str(error)) from error
+
+
+def _check_ae(spec: JobCreate, cfg: DarknetConfig) -> None:
+    """AE layers must exist; a stride must be one the network has (at the training size)."""
+    if spec.ae is None:
+        return
+    layers = spec.ae.layers
+    count = len(cfg.sections)
+    if isinstance(layers, StrideSpec):
+        width = spec.train.width or cfg.net.width
+        height = spec.train.height or cfg.net.height
+        strides = sorted({row.out_stride for row in cfg.layer_table(width, height)})
+        if layers.stride not in strides:
+            raise _unprocessable(
+                ["ae", "layers", "stride"],
+                f"no layer has output stride {layers.stride}; this network has strides {strides}",
+            )
+        return
+    for index in [layers] if isinstance(layers, int) else layers:
+        if index >= count:
+            raise _unprocessable(
+                ["ae", "layers"], f"layer {index} does not exist: the cfg has layers 0..{count - 1}"
+            )
+
+
+def check_job_spec(session: Session, tenant_id: int, body: JobCreate) -> None:
+    """422 unless the dataset is the tenant's and ready, the model exists and AE fits it."""
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.id == body.dataset_id, Dataset.tenant_id == tenant_id)
+    )
+    if dataset is None:
+        raise _unprocessable(["dataset_id"], f"no dataset {body.dataset_id}; see GET /v1/datasets")
+    if dataset.status != "ready":
+        raise _unprocessable(["dataset_id"], f"dataset {dataset.id} is {dataset.status}, not ready")
+    _check_ae(body, _model_cfg(session, tenant_id, body.model))
+
+
+def enqueue(celery: Any, session: Session, queued: Sequence[Job]) -> None:
+    """Send each job's task by name; if the broker is unreachable the jobs fail with a reason
+    and the caller gets 503 (a job is never left queued with no task)."""
+    try:
+        for job in queued:
+            celery.send_task("aetrain.train_job", args=[job.id], queue=job.queue)
+    except Exception as error:  # the broker's client raises many kinds; all mean "not queued"
+        for job in queued:
+            job_ops.finish_job(
+                session, job.id, JobState.failed,
+                failure_reason=f"could not reach the task broker: {error}; submit it again",
+            )  # fmt: skip
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the task broker is unreachable; try again"
+        ) from error
+
+
+@router.post(
+    "",
+    response_model=JobPublic,
+    status_code=status.HTTP_201_CREATED,
+    summary="Submit a training job",
+)
+def create_job(body: JobCreate, request: Request, session: SessionDep, tenant_id: TenantDep) -> Job:
+    """Queue a training job. The model and dataset must exist; AE layers must exist in the cfg.
+
+    The job trains on a worker consuming ``queue``; follow it with GET /v1/jobs/{id}, its
+    metrics, or the SSE stream at /v1/jobs/{id}/events.
+    """
+    check_job_spec(session, tenant_id, body)
+    job = Job(
+        tenant_id=tenant_id, spec=body.model_dump(mode="json"), queue=body.queue, seed=body.seed
+    )
+    session.add(job)
+    session.flush()
+    job_ops.add_event(session, job.id, JobState.queued, "submitted")
+    session.commit()
+    enqueue(request.app.state.celery, session, [job])
+    session.refresh(job)
+    return job
+
+
+@router.get("", response_model=JobsPublic, summary="List jobs")
+def list_jobs(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """The tenant's jobs, newest first."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if state is not None:
+        query = query.where(Job.state == state)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return JobsPublic(data=[JobPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
+def read_job(job_id: int, session: SessionDep, tenant_id: TenantDep) -> Job:
+    return get_job(session, tenant_id, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel a job")
+def cancel_job(job_id: int, session: SessionDep, tenant_id: TenantDep) -> Job:
+    """A queued job is cancelled at once; a running one stops at its next iteration boundary
+    (within a few seconds), keeping its last checkpoint. A finished job answers 409."""
+    job = get_job(session, tenant_id, job_id)
+    if job.state in TERMINAL_STATES:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.state}")
+    job_ops.request_cancel(session, job_id)
+    session.refresh(job)
+    return job
+
+
+@router.get("/{job_id}/log", response_model=list[JobEventPublic], summary="State transitions")
+def job_log(job_id: int, session: SessionDep, tenant_id: TenantDep) -> list[JobEvent]:
+    get_job(session, tenant_id, job_id)
+    return list(
+        session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+    )
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPage, summary="Metric history, paged")
+def job_metrics(
+    job_id: int,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    keys: Annotated[
+        str | None, Query(description="Comma-separated keys, e.g. loss,val/AP; default all.")
+    ] = None,
+    since_step: Annotated[int, Query(ge=-1, description="Only steps after this one.")] = -1,
+    limit: Annotated[int, Query(ge=50, le=10_000)] = 1000,
+) -> MetricsPage:
+    """Metrics with ``step > since_step``, ordered by step; a page never splits a step.
+
+    Training metrics are logged per iteration (loss, loss_box, loss_obj, loss_cls, lr,
+    ae_alpha, images_per_s, input_size); evaluations as ``val/AP``, ``val/AP50``, ...
+    """
+    get_job(session, tenant_id, job_id)
+    query = select(Metric).where(Metric.job_id == job_id, Metric.step > since_step)
+    if keys:
+        query = query.where(Metric.key.in_([k.strip() for k in keys.split(",") if k.strip()]))
+    rows = list(session.scalars(query.order_by(Metric.step, Metric.key).limit(limit + 1)))
+    next_step = None
+    if len(rows) > limit:
+        last_step = rows[limit].step
+        kept = [r for r in rows[:limit] if r.step < last_step]
+        rows = kept or rows[:limit]
+        next_step = rows[-1].step
+    data = [MetricPublic.model_validate(r) for r in rows]
+    return MetricsPage(data=data, count=len(data), next_since_step=next_step)
+
+
+def _stream_state(
+    request: Request, tenant_id: int, job_id: int, after_id: int
+) -> tuple[str, list[MetricPublic], int]:
+    with request.app.state.session_factory() as session:
+        job = get_job(session, tenant_id, job_id)
+        rows = list(
+            session.scalars(
+                select(Metric)
+                .where(Metric.job_id == job_id, Metric.id > after_id)
+                .order_by(Metric.id)
+                .limit(5000)
+            )
+        )
+        last_id = rows[-1].id if rows else after_id
+        return job.state, [MetricPublic.model_validate(r) for r in rows], last_id
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, summary="Live metrics (SSE)")
+async def job_events(
+    job_id: int, request: Request, tenant_id: TenantDep, _job: OwnedJobDep
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events: ``state`` when the job changes state, ``metrics`` with new rows,
+    and ``end`` once the job has finished. Reconnect with ``Last-Event-ID`` to resume."""
+    last_event = request.headers.get("last-event-id", "0")
+    after_id = int(last_event) if last_event.isdigit() else 0
+    last_state = None
+    while True:
+        state, rows, after_id = await run_in_threadpool(
+            _stream_state, request, tenant_id, job_id, after_id
+        )
+        if state != last_state:
+            last_state = state
+            yield ServerSentEvent(event="state", data={"state": state})
+        if rows:
+            yield ServerSentEvent(
+                event="metrics", id=str(after_id), data=[r.model_dump(mode="json") for r in rows]
+            )
+        if state in TERMINAL_STATES and not rows:
+            yield ServerSentEvent(event="end", data={"state": state})
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(SSE_POLL_SECONDS)
+
+
+@router.get(
+    "/{job_id}/checkpoints", response_model=list[CheckpointPublic], summary="List checkpoints"
+)
+def list_checkpoints(
+    job_id: int, session: SessionDep, tenant_id: TenantDep
+) -> list[CheckpointPublic]:
+    get_job(session, tenant_id, job_id)
+    rows = session.scalars(
+        select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.name)
+    )
+    grouped: dict[str, CheckpointPublic] = {}
+    for row in rows:
+        name, _, fmt = row.name.partition(".")
+        entry = grouped.setdefault(
+            name,
+            CheckpointPublic(
+                name=name,
+                iteration=row.iteration,
+                metrics=row.metrics,
+                created_at=row.created_at,
+                formats={},
+            ),
+        )
+        entry.formats[fmt] = CheckpointFile(size=row.size, sha256=row.sha256)
+    return list(grouped.values())
+
+
+@router.get(
+    "/{job_id}/checkpoints/{name}",
+    response_class=FileResponse,
+    summary="Download a checkpoint",
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_checkpoint(
+    job_id: int,
+    name: str,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    format: Annotated[
+        str, Query(pattern="^(pt|weights)$", description="pt or darknet weights")
+    ] = "pt",
+) -> Any:
+    """``last`` or ``best`` as a PyTorch checkpoint (``pt``) or darknet ``.weights``."""
+    get_job(session, tenant_id, job_id)
+    row = session.scalar(
+        select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == f"{name}.{format}")
+    )
+    if row is None or not Path(row.path).is_file():
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"job {job_id} has no checkpoint {name}.{format}"
+        )
+    return FileResponse(
+        row.path, media_type=CHECKPOINT_FORMATS[format], filename=f"job{job_id}-{name}.{format}"
+    )

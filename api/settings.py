@@ -1,0 +1,74 @@
+"""The one settings object, read from the environment (shared by api, worker and CLI).
+
+With nothing set, aetrain runs embedded: a SQLite file and a file-system broker under
+``AETRAIN_HOME``. Setting ``DATABASE_URL`` and ``CELERY_BROKER_URL`` switches to PostgreSQL and
+Redis without any other change.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """aetrain's configuration; every field can be set as ``AETRAIN_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="AETRAIN_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(
+        default=Path("~/.aetrain"),
+        description="Directory for the embedded database, broker folders and artifacts.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AETRAIN_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL; unset means a SQLite file under home.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AETRAIN_BROKER_URL", "CELERY_BROKER_URL"),
+        description="Celery broker URL; unset means kombu's filesystem transport under home.",
+    )
+    result_backend: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AETRAIN_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
+        description="Celery result backend; jobs report through the database, so none is needed.",
+    )
+    # Longer than the longest job: Redis re-delivers unacknowledged tasks after this many
+    # seconds, and acks happen late (after the task), so a short value trains jobs twice.
+    visibility_timeout_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    def resolved_database_url(self) -> str:
+        """The database to use: ``database_url`` or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'aetrain.db'}"
+
+    def resolved_broker_url(self) -> str:
+        """The broker to use: ``broker_url`` or kombu's server-less file-system transport."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.resolved_broker_url().startswith("filesystem://")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,67 @@
+"""A running service for route tests: migrated database, API client, real worker process."""
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from ae_model.datasets import generate_dataset
+from api.db import Tenant, make_engine, make_session_factory
+from api.db.models import Dataset
+from api.main import create_app
+from api.migrate import upgrade
+from api.settings import Settings
+from tests.api.conftest import _key
+from tests.conftest import start_worker, stop_worker
+
+TINY_TRAIN = {
+    "max_batches": 30, "batch": 4, "subdivisions": 1, "width": 96, "height": 96,
+    "learning_rate": 0.003, "burn_in": 5, "eval_interval": 15, "checkpoint_interval": 10,
+    "val_limit": 4, "workers": 0, "multiscale": False,
+}  # fmt: skip
+
+
+@pytest.fixture(params=["postgres+redis", "sqlite+filesystem"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A migrated database, an API client, a real worker process and a dataset."""
+    home = tmp_path / "home"
+    if request.param == "postgres+redis":
+        database_url = request.getfixturevalue("postgres_url")
+        broker_url = request.getfixturevalue("redis_url")
+    else:
+        database_url, broker_url = f"sqlite:///{tmp_path / 'e2e.db'}", ""
+    upgrade(database_url)
+    settings = Settings(home=home, database_url=database_url, broker_url=broker_url or None)
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    env = {
+        "AETRAIN_HOME": str(home), "AETRAIN_DATABASE_URL": database_url,
+        "AETRAIN_BROKER_URL": broker_url, "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    worker = start_worker(env, queue, tmp_path / "worker.log", pool="prefork")
+    data = tmp_path / "shapes"
+    generate_dataset("shapes", data, train=16, val=4, size=96, seed=1, min_scale=0.1)
+    alice, mallory = _key(settings, "alice"), _key(settings, "mallory")
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        tenant = session.execute(select(Tenant.id).where(Tenant.name == "alice")).scalar_one()
+        dataset = Dataset(tenant_id=tenant, name="shapes", path=str(data), class_names=[])
+        session.add(dataset)
+        session.commit()
+        dataset_id = dataset.id
+    engine.dispose()
+    try:
+        with TestClient(create_app(settings)) as client:
+            yield {
+                "client": client,
+                "auth": alice,
+                "other": mallory,
+                "queue": queue,
+                "dataset_id": dataset_id,
+                "log": tmp_path / "worker.log",
+            }
+    finally:
+        stop_worker(worker)

@@ -1,0 +1,118 @@
+"""Jobs over HTTP with a real worker: PostgreSQL + Redis, and the embedded SQLite + file broker.
+
+Submit a tiny job -> a Celery worker process trains it -> metrics appear while it runs -> it
+succeeds -> both checkpoint formats download and the .weights reproduce the .pt's outputs.
+"""
+
+import io
+import time
+from typing import Any
+
+import torch
+from fastapi.testclient import TestClient
+
+from ae_model.darknet import Darknet
+from ae_model.weights import load_darknet_weights
+from tests.api.routes.conftest import TINY_TRAIN
+
+
+def _wait(client: TestClient, url: str, auth: dict[str, str], until: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(url, headers=auth).json()
+        if until(body):
+            return body
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting on {url}: last {body}")
+
+
+def test_job_trains_streams_metrics_and_serves_checkpoints(service: dict[str, Any]) -> None:
+    client, auth = service["client"], service["auth"]
+    spec = {"model": "yolov3-tiny-small", "dataset_id": service["dataset_id"], "seed": 3,
+            "queue": service["queue"], "train": TINY_TRAIN,
+            "ae": {"layers": {"stride": 16}, "schedule": "cosine"}}  # fmt: skip
+    created = client.post("/v1/jobs", json=spec, headers=auth)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    assert created.json()["state"] == "queued"
+
+    # Metrics appear while the job runs, not only at the end.
+    seen_running_metrics = False
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+        if job["state"] == "running":
+            page = client.get(f"/v1/jobs/{job_id}/metrics?keys=loss", headers=auth).json()
+            seen_running_metrics = seen_running_metrics or page["count"] > 0
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.2)
+    assert job["state"] == "succeeded", (job, service["log"].read_text()[-3000:])
+    assert seen_running_metrics
+    assert job["resolved"]["ae_layers"] == [20]
+    assert job["result"]["AP"] >= 0.0 and job["iteration"] == 30
+
+    losses = client.get(f"/v1/jobs/{job_id}/metrics?keys=loss", headers=auth).json()["data"]
+    assert [m["step"] for m in losses] == list(range(1, 31))  # every step once, no gaps
+    page = client.get(f"/v1/jobs/{job_id}/metrics?limit=50", headers=auth).json()
+    assert page["next_since_step"] is not None
+    nxt = client.get(
+        f"/v1/jobs/{job_id}/metrics?limit=50&since_step={page['next_since_step']}", headers=auth
+    ).json()
+    assert nxt["data"][0]["step"] == page["next_since_step"] + 1
+    log = client.get(f"/v1/jobs/{job_id}/log", headers=auth).json()
+    assert [e["state"] for e in log] == ["queued", "running", "succeeded"]
+
+    checkpoints = {
+        c["name"]: c for c in client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth).json()
+    }
+    assert set(checkpoints) == {"last", "best"}
+    assert set(checkpoints["last"]["formats"]) == {"pt", "weights"}
+    pt = client.get(f"/v1/jobs/{job_id}/checkpoints/last?format=pt", headers=auth)
+    weights = client.get(f"/v1/jobs/{job_id}/checkpoints/last?format=weights", headers=auth)
+    assert pt.status_code == weights.status_code == 200
+    assert len(weights.content) == checkpoints["last"]["formats"]["weights"]["size"]
+
+    state = torch.load(io.BytesIO(pt.content), map_location="cpu", weights_only=False)
+    from_pt = Darknet(job["resolved"]["cfg_text"]).eval()
+    from_pt.load_state_dict(state["model"])
+    from_weights = Darknet(job["resolved"]["cfg_text"]).eval()
+    report = load_darknet_weights(from_weights, io.BytesIO(weights.content))
+    assert report.complete
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(from_pt(x), from_weights(x))
+
+    # Server-sent events replay the whole history and end with the final state.
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth) as stream:
+        text = "".join(stream.iter_text())
+    assert "event: metrics" in text and "event: end" in text and "succeeded" in text
+
+    other = service["other"]
+    for url in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/metrics", f"/v1/jobs/{job_id}/log",
+                f"/v1/jobs/{job_id}/checkpoints", f"/v1/jobs/{job_id}/checkpoints/last",
+                f"/v1/jobs/{job_id}/events"):  # fmt: skip
+        assert client.get(url, headers=other).status_code == 404, url
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=other).status_code == 404
+    assert client.get("/v1/jobs", headers=other).json()["count"] == 0
+
+
+def test_cancel_running_and_queued_jobs(service: dict[str, Any]) -> None:
+    client, auth = service["client"], service["auth"]
+    spec = {"model": "yolov3-tiny-small", "dataset_id": service["dataset_id"],
+            "queue": service["queue"], "train": {**TINY_TRAIN, "max_batches": 100000}}  # fmt: skip
+    job_id = client.post("/v1/jobs", json=spec, headers=auth).json()["id"]
+    _wait(client, f"/v1/jobs/{job_id}", auth, lambda j: j["iteration"] > 12, 240)
+    asked = time.monotonic()
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 200
+    job = _wait(client, f"/v1/jobs/{job_id}", auth, lambda j: j["state"] == "cancelled", 60)
+    assert time.monotonic() - asked < 15
+    assert job["finished_at"] is not None
+    names = {c["name"] for c in client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth).json()}
+    assert "last" in names
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth).status_code == 409
+
+    # A job on a queue no worker consumes stays queued; cancelling it never runs it.
+    queued = client.post("/v1/jobs", json={**spec, "queue": "nobody"}, headers=auth).json()
+    cancelled = client.post(f"/v1/jobs/{queued['id']}/cancel", headers=auth).json()
+    assert cancelled["state"] == "cancelled" and cancelled["started_at"] is None

@@ -1,0 +1,122 @@
+"""The service commands: `aetrain serve` embedded (API + worker process) and `aetrain keys`."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+AETRAIN = str(Path(sys.executable).parent / "aetrain")
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AETRAIN_", "DATABASE_URL"))}
+    env.pop("CELERY_BROKER_URL", None)
+    return {**env, "AETRAIN_HOME": str(home)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _processes_with_home(home: Path) -> list[int]:
+    """Pids of live processes whose environment has AETRAIN_HOME=home (server and workers)."""
+    needle = f"AETRAIN_HOME={home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and needle in (proc / "environ").read_bytes().split(b"\0"):
+                status = (proc / "status").read_text()
+                if "zombie" not in status:
+                    found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_serve_embedded_migrates_creates_a_key_and_runs_a_worker(tmp_path: Path) -> None:
+    home, port = tmp_path / "home", _free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [AETRAIN, "serve", "--port", str(port)], env=_env(home), stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError((tmp_path / "serve.log").read_text())
+        key = (home / "api_key").read_text().strip()
+        assert oct((home / "api_key").stat().st_mode)[-3:] == "600"
+        jobs = httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key}"})
+        assert jobs.status_code == 200 and jobs.json()["count"] == 0
+        assert httpx.get(f"{base}/v1/jobs").status_code == 401
+        # The embedded worker is a child process consuming the file-system broker.
+        children = subprocess.run(
+            ["pgrep", "-f", "-P", str(proc.pid), "celery"], capture_output=True, text=True
+        ).stdout.split()
+        assert children, "no embedded worker process"
+        assert {proc.pid, *map(int, children)} <= set(_processes_with_home(home))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        log.close()
+    assert _processes_with_home(home) == []
+
+
+def test_keys_create_needs_a_migrated_database_then_prints_a_working_key(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    refused = subprocess.run(
+        [AETRAIN, "keys", "create", "team"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "aetrain db upgrade" in refused.stderr
+    subprocess.run([AETRAIN, "db", "upgrade"], env=env, check=True, capture_output=True)
+    created = subprocess.run(
+        [AETRAIN, "keys", "create", "team"], env=env, capture_output=True, text=True, check=True
+    )
+    key = created.stdout.strip()
+    assert key.startswith("aet_") and len(key) > 40
+
+    from api.auth import tenant_for_key
+    from api.db import make_engine, make_session_factory
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'aetrain.db'}")
+    with make_session_factory(engine)() as session:
+        assert tenant_for_key(session, key) is not None
+        assert tenant_for_key(session, key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    engine.dispose()
+
+
+def test_quickstart_runs_a_comparison_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [AETRAIN, "quickstart", "--seeds", "2", "--max-batches", "8", "--out", str(out)],
+        env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 arms x 2 seeds = 4 jobs" in done.stdout
+    # The verdict names both arms and the paired difference's confidence interval.
+    assert "ae-stride16" in done.stdout and "95% CI" in done.stdout, done.stdout
+    (state_file,) = out.glob("comparison-*.json")
+    state = json.loads(state_file.read_text())
+    assert state["progress"]["succeeded"] == 4, state["notes"]
+    assert {(j["arm"], j["seed"]) for j in state["jobs"]} == {
+        (arm, seed) for arm in ("baseline", "ae-stride16") for seed in (0, 1)
+    }
+    assert (out / state_file.name.replace(".json", ".png")).read_bytes()[:4] == b"\x89PNG"
+    # The embedded server and worker are gone when the command returns.
+    assert _processes_with_home(tmp_path / "home") == []

@@ -1,0 +1,161 @@
+"""Job bookkeeping in the database, torch-free: claim, events, metrics, heartbeat, outcome.
+
+Shared by the worker (which trains) and the API (which cancels); each function commits.
+"""
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from api.db.models import Checkpoint, Job, JobEvent, JobState, Metric, utcnow
+
+
+def add_event(session: Session, job_id: int, state: str, message: str = "") -> None:
+    session.add(JobEvent(job_id=job_id, state=state, message=message))
+
+
+def claim_job(session: Session, job_id: int, worker: str) -> bool:
+    """Move a queued job to running for ``worker``, in one conditional UPDATE.
+
+    Returns False (and changes nothing) when the job is not queued: a duplicate delivery, a
+    cancelled job, or one another worker already runs.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.queued)
+        .values(
+            state=JobState.running,
+            worker=worker,
+            attempt=Job.attempt + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            heartbeat_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    claimed = result.rowcount == 1  # type: ignore[attr-defined]
+    if claimed:
+        add_event(session, job_id, JobState.running, f"claimed by {worker}")
+    session.commit()
+    return claimed
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    state: JobState,
+    message: str = "",
+    *,
+    result: dict[str, Any] | None = None,
+    failure_reason: str | None = None,
+) -> None:
+    """Record the outcome of a running job (and its event)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            state=state,
+            finished_at=utcnow(),
+            result=result,
+            failure_reason=failure_reason,
+        )
+    )
+    add_event(session, job_id, state, message or failure_reason or "")
+    session.commit()
+
+
+def save_resolved(
+    session: Session, job_id: int, resolved: dict[str, Any], max_batches: int
+) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id).values(resolved=resolved, max_batches=max_batches)
+    )
+    session.commit()
+
+
+def insert_metrics(
+    session: Session, job_id: int, rows: Sequence[tuple[str, int, float, datetime]]
+) -> None:
+    """Append ``(key, step, value, at)`` rows; a (job, key, step) already stored is kept as is,
+    so a resumed attempt that repeats steps adds no duplicates."""
+    if not rows:
+        return
+    values = [{"job_id": job_id, "key": k, "step": s, "value": v, "at": at} for k, s, v, at in rows]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "key", "step"])
+    session.execute(statement, values)
+    session.commit()
+
+
+def heartbeat(session: Session, job_id: int, iteration: int) -> bool:
+    """Stamp the heartbeat and progress; returns whether a cancel was requested."""
+    session.execute(
+        update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow(), iteration=iteration)
+    )
+    session.commit()
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def record_checkpoint(
+    session: Session,
+    job_id: int,
+    name: str,
+    *,
+    iteration: int,
+    metrics: dict[str, float],
+    size: int,
+    sha256: str,
+    path: str,
+) -> None:
+    """Insert or refresh the row of checkpoint ``name`` (``last`` and ``best`` are rewritten)."""
+    row = session.scalar(
+        select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == name)
+    )
+    if row is None:
+        row = Checkpoint(job_id=job_id, name=name)
+        session.add(row)
+    row.iteration, row.metrics, row.size, row.sha256, row.path = (
+        iteration,
+        metrics,
+        size,
+        sha256,
+        path,
+    )
+    row.created_at = utcnow()
+    session.commit()
+
+
+def request_cancel(session: Session, job_id: int) -> JobState:
+    """Cancel a job: a queued one at once, a running one at its next iteration boundary.
+
+    Returns the job's state afterwards.
+    """
+    cancelled = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.queued)
+        .values(state=JobState.cancelled, finished_at=utcnow(), cancel_requested=True)
+    )
+    if cancelled.rowcount == 1:  # type: ignore[attr-defined]
+        add_event(session, job_id, JobState.cancelled, "cancelled before it started")
+        session.commit()
+        return JobState.cancelled
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.running)
+        .values(cancel_requested=True)
+    )
+    session.commit()
+    return JobState(session.execute(select(Job.state).where(Job.id == job_id)).scalar_one())
+
+
+def metric_rows(
+    step: int, metrics: dict[str, float], prefix: str = "", skip: Iterable[str] = ("iteration",)
+) -> list[tuple[str, int, float, datetime]]:
+    now = utcnow()
+    skipped = set(skip)
+    return [(prefix + k, step, float(v), now) for k, v in metrics.items() if k not in skipped]

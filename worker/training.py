@@ -1,0 +1,183 @@
+"""Runs one training job through ae_model, reporting to the database through a hook.
+
+Imported inside the Celery task, in the worker's child process: this module imports torch.
+"""
+
+import hashlib
+import logging
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ae_model.cfg import CfgError
+from ae_model.train import AEConfig, Hook, NonFiniteLossError, TrainConfig, Trainer
+from ae_model.weights import save_darknet_weights
+from api.db.models import Dataset, Job, JobState, ModelConfig
+from api.job_spec import JobCreate, StrideSpec
+from api.settings import Settings
+from worker import jobs
+
+log = logging.getLogger(__name__)
+
+# Metric rows go to the database in batches: one transaction every few seconds, not per step.
+FLUSH_SECONDS = 2.0
+FLUSH_ROWS = 2000
+
+
+class DatabaseHook(Hook):
+    """Streams metrics, heartbeats and checkpoints of a job into the database, and turns a
+    cancel request into ``trainer.stop_requested`` at the next flush."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: int) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.buffer: list[Any] = []
+        self.last_flush = time.monotonic()
+
+    def flush(self, trainer: Trainer) -> None:
+        with self.sessions() as session:
+            jobs.insert_metrics(session, self.job_id, self.buffer)
+            if jobs.heartbeat(session, self.job_id, trainer.iteration):
+                trainer.stop_requested = True
+        self.buffer = []
+        self.last_flush = time.monotonic()
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.flush(trainer)
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.buffer.extend(jobs.metric_rows(trainer.iteration, metrics))
+        due = time.monotonic() - self.last_flush >= FLUSH_SECONDS
+        if due or len(self.buffer) >= FLUSH_ROWS:
+            self.flush(trainer)
+
+    def after_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.buffer.extend(jobs.metric_rows(trainer.iteration, metrics, prefix="val/"))
+        self.flush(trainer)
+
+    def after_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        # The API cannot convert (it never imports torch), so darknet weights are written here.
+        weights = path.with_suffix(".weights")
+        save_darknet_weights(trainer.model, weights)
+        evals = [m for m in trainer.evaluations if m["iteration"] <= trainer.iteration]
+        metrics = {k: v for k, v in evals[-1].items() if "/" not in k} if evals else {}
+        with self.sessions() as session:
+            for file in (path, weights):
+                jobs.record_checkpoint(
+                    session, self.job_id, file.name, iteration=trainer.iteration,
+                    metrics=metrics, size=file.stat().st_size, sha256=_sha256(file),
+                    path=str(file),
+                )  # fmt: skip
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.flush(trainer)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def train_config(spec: JobCreate, cfg: str, data: str, out: Path) -> TrainConfig:
+    """The ae_model configuration of a job spec."""
+    ae = None
+    if spec.ae is not None:
+        layers: Any = spec.ae.layers
+        if isinstance(layers, StrideSpec):
+            layers = layers.model_dump()
+        ae = AEConfig(
+            layers=layers, schedule=spec.ae.schedule, iterations=spec.ae.iterations,
+            alpha_max=spec.ae.alpha_max, mode=spec.ae.mode, detach=spec.ae.detach,
+        )  # fmt: skip
+    return TrainConfig(
+        cfg=cfg, data=data, out=str(out), seed=spec.seed, ae=ae, device=spec.device,
+        **spec.train.model_dump(),
+    )  # fmt: skip
+
+
+def _allow_loader_processes() -> None:
+    """Let this job's DataLoader start worker processes.
+
+    Celery's prefork children are daemonic, and multiprocessing refuses children to daemons.
+    Each job runs in a child of its own (one task per child), and torch's loader workers watch
+    their parent and exit with it, so a killed job leaves no orphans behind.
+    """
+    multiprocessing.current_process().daemon = False
+
+
+def run_job(job_id: int, sessions: sessionmaker[Session], settings: Settings, worker: str) -> None:
+    """Claim job ``job_id`` and train it to an outcome recorded in the database.
+
+    A duplicate delivery (the job is not queued) returns at once without training.
+    """
+    with sessions() as session:
+        if not jobs.claim_job(session, job_id, worker):
+            log.info("job %s is not queued; duplicate delivery ignored", job_id)
+            return
+        job = session.get_one(Job, job_id)
+        spec = JobCreate.model_validate(job.spec)
+        dataset = session.scalar(select(Dataset).where(Dataset.id == spec.dataset_id))
+        if isinstance(spec.model, int):
+            model = session.get(ModelConfig, spec.model)
+            cfg = model.cfg_text if model else ""
+        else:
+            cfg = spec.model
+    out = settings.artifacts_dir / "jobs" / str(job_id)
+    out.mkdir(parents=True, exist_ok=True)
+    if dataset is None or not cfg:
+        with sessions() as session:
+            jobs.finish_job(
+                session, job_id, JobState.failed,
+                failure_reason="the job's dataset or model no longer exists; submit it again",
+            )  # fmt: skip
+        return
+    if spec.train.workers:
+        _allow_loader_processes()
+    resume = out / "last.pt"
+    hook = DatabaseHook(sessions, job_id)
+    try:
+        trainer = Trainer(
+            train_config(spec, cfg, dataset.path, out),
+            hooks=[hook],
+            resume=resume if resume.is_file() else None,
+        )
+    except (CfgError, ValueError, FileNotFoundError) as error:
+        with sessions() as session:
+            jobs.finish_job(session, job_id, JobState.failed, failure_reason=str(error))
+        return
+    resolved = trainer.config.resolved
+    with sessions() as session:
+        jobs.save_resolved(session, job_id, resolved, resolved["max_batches"])
+    try:
+        final = trainer.train()
+    except NonFiniteLossError as error:
+        with sessions() as session:
+            jobs.finish_job(session, job_id, JobState.failed, failure_reason=str(error))
+        return
+    except Exception as error:
+        log.exception("job %s crashed", job_id)
+        with sessions() as session:
+            jobs.finish_job(
+                session, job_id, JobState.failed,
+                failure_reason=f"training crashed at iteration {trainer.iteration}: "
+                f"{type(error).__name__}: {error}",
+            )  # fmt: skip
+        raise
+    with sessions() as session:
+        if trainer.stop_requested:
+            jobs.finish_job(
+                session, job_id, JobState.cancelled,
+                f"cancelled at iteration {trainer.iteration}; last checkpoint kept",
+            )  # fmt: skip
+        else:
+            jobs.finish_job(
+                session, job_id, JobState.succeeded,
+                f"finished {trainer.iteration} iterations", result=final,
+            )  # fmt: skip
