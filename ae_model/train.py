@@ -121,6 +121,10 @@ class Hook:
     def after_eval(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
         """Called after each evaluation with the COCO metrics."""
 
+    def before_checkpoint(self, trainer: "Trainer", path: Path) -> None:
+        """Called before a checkpoint file is written: whatever a resume from it would not
+        repeat (the metrics of the steps so far) must be stored by now."""
+
     def after_checkpoint(self, trainer: "Trainer", path: Path) -> None:
         """Called after a checkpoint file is written (``last.pt`` or ``best.pt``)."""
 
@@ -489,6 +493,8 @@ class Trainer:
 
     def save_checkpoint(self, path: Path) -> None:
         """Write atomically: a crash mid-write never leaves a truncated ``last.pt``."""
+        for hook in self.hooks:
+            hook.before_checkpoint(self, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(self.checkpoint(), tmp)

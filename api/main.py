@@ -1,5 +1,7 @@
 """The FastAPI application. Never imports torch: model work happens in the worker."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -8,6 +10,7 @@ from fastapi import FastAPI
 from ae_model import __version__
 from api.db import make_engine, make_session_factory
 from api.migrate import check_up_to_date
+from api.reaper import reap_forever
 from api.routes import comparisons, datasets, health, jobs, models
 from api.settings import Settings, get_settings
 from worker.celery_app import create_celery
@@ -29,9 +32,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.celery = create_celery(settings)
+        reaper = asyncio.create_task(
+            reap_forever(app.state.session_factory, app.state.celery, settings)
+        )
         try:
             yield
         finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
             engine.dispose()
 
     app = FastAPI(

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     # Longer than the longest job: Redis re-delivers unacknowledged tasks after this many
     # seconds, and acks happen late (after the task), so a short value trains jobs twice.
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # A worker stamps its running job's heartbeat this often, from a thread of its own, so a
+    # long evaluation or checkpoint write does not read as a dead worker.
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    # A running job whose heartbeat is older than this lost its worker (killed, machine gone):
+    # the reaper re-queues it to resume from its last checkpoint, up to the job's max_attempts.
+    stale_after_s: float = Field(default=120.0, gt=0)
+    reaper_interval_s: float = Field(default=15.0, gt=0)
 
     @field_validator("home")
     @classmethod

@@ -9,6 +9,12 @@ from celery import Celery
 from api.settings import Settings, get_settings
 
 DEFAULT_QUEUE = "cpu"
+TRAIN_TASK = "aetrain.train_job"
+
+
+def send_train_task(celery: Celery, job_id: int, queue: str) -> None:
+    """Deliver job ``job_id`` to the workers of ``queue``, by task name (no torch import)."""
+    celery.send_task(TRAIN_TASK, args=[job_id], queue=queue)
 
 
 def create_celery(settings: Settings | None = None) -> Celery:

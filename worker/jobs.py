@@ -3,8 +3,8 @@
 Shared by the worker (which trains) and the API (which cancels); each function commits.
 """
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -99,6 +99,65 @@ def heartbeat(session: Session, job_id: int, iteration: int) -> bool:
     )
     session.commit()
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def touch_heartbeat(session: Session, job_id: int) -> None:
+    """Stamp a running job's heartbeat: its worker process is alive."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.running)
+        .values(heartbeat_at=utcnow())
+    )
+    session.commit()
+
+
+def reap_stale_jobs(
+    session: Session, stale_after: timedelta, send: Callable[[Job], None]
+) -> list[int]:
+    """Recover running jobs whose worker stopped sending heartbeats for ``stale_after``.
+
+    Each is re-queued (and ``send`` delivers its task; it resumes from its last checkpoint)
+    while it has attempts left, else failed; one whose cancel was requested is cancelled. Each
+    transition is a conditional UPDATE committed only after ``send`` returns, so concurrent
+    reapers recover a job once, and a broker error leaves the job for the next round.
+    Returns the ids of the re-queued jobs.
+    """
+    cutoff = utcnow() - stale_after
+    stale = session.scalars(
+        select(Job).where(Job.state == JobState.running, Job.heartbeat_at < cutoff)
+    ).all()
+    requeued = []
+    for job in stale:
+        values: dict[str, Any]
+        lost = f"worker {job.worker} stopped sending heartbeats (last {job.heartbeat_at:%H:%M:%S})"
+        if job.cancel_requested:
+            state, values = JobState.cancelled, {"finished_at": utcnow()}
+            message = f"{lost}; cancelled as requested"
+        elif job.attempt < job.max_attempts:
+            state, values = JobState.queued, {"worker": None}
+            message = f"{lost}; re-queued for attempt {job.attempt + 1} of {job.max_attempts}"
+        else:
+            message = f"{lost} on each of its {job.attempt} attempts; not retried again"
+            state, values = JobState.failed, {"finished_at": utcnow(), "failure_reason": message}
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == JobState.running, Job.heartbeat_at < cutoff)
+            .values(state=state, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()  # it sent a heartbeat meanwhile, or another reaper took it
+            continue
+        add_event(session, job.id, state, message)
+        if state == JobState.queued:
+            try:
+                send(job)
+            except Exception:
+                session.rollback()
+                raise
+            requeued.append(job.id)
+        session.commit()
+    return requeued
 
 
 def record_checkpoint(

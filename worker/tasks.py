@@ -7,7 +7,7 @@ from typing import Any
 
 from api.db import make_engine, make_session_factory
 from api.settings import get_settings
-from worker.celery_app import app
+from worker.celery_app import TRAIN_TASK, app
 
 
 @app.task(name="aetrain.ping")
@@ -16,7 +16,7 @@ def ping() -> dict[str, Any]:
     return {"pong": True, "pid": os.getpid(), "torch_imported": "torch" in sys.modules}
 
 
-@app.task(name="aetrain.train_job", acks_late=True, reject_on_worker_lost=True)
+@app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
 def train_job(job_id: int) -> None:
     """Train job ``job_id``; a duplicate delivery of a job already claimed does nothing."""
     # Imported here, in the child process, so the worker's parent never loads torch or CUDA.

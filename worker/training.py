@@ -6,7 +6,10 @@ Imported inside the Celery task, in the worker's child process: this module impo
 import hashlib
 import logging
 import multiprocessing
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,11 @@ class DatabaseHook(Hook):
         self.buffer.extend(jobs.metric_rows(trainer.iteration, metrics, prefix="val/"))
         self.flush(trainer)
 
+    def before_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        # A resume from this checkpoint starts after its iteration: the metrics of the steps
+        # up to it must be stored before it exists, or a crash leaves a gap in the history.
+        self.flush(trainer)
+
     def after_checkpoint(self, trainer: Trainer, path: Path) -> None:
         # The API cannot convert (it never imports torch), so darknet weights are written here.
         weights = path.with_suffix(".weights")
@@ -102,6 +110,32 @@ def train_config(spec: JobCreate, cfg: str, data: str, out: Path) -> TrainConfig
     )  # fmt: skip
 
 
+@contextmanager
+def heartbeat_thread(
+    sessions: sessionmaker[Session], job_id: int, interval_s: float
+) -> Iterator[None]:
+    """Stamp the job's heartbeat every ``interval_s`` from a daemon thread while the block runs:
+    the reaper takes a job without heartbeats for its worker's death, so they must continue
+    through evaluations and checkpoint writes. A database outage skips beats, not the job."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            try:
+                with sessions() as session:
+                    jobs.touch_heartbeat(session, job_id)
+            except Exception as error:  # the next beat retries; training goes on meanwhile
+                log.warning("job %s: heartbeat not recorded: %s", job_id, error)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _allow_loader_processes() -> None:
     """Let this job's DataLoader start worker processes.
 
@@ -121,6 +155,12 @@ def run_job(job_id: int, sessions: sessionmaker[Session], settings: Settings, wo
         if not jobs.claim_job(session, job_id, worker):
             log.info("job %s is not queued; duplicate delivery ignored", job_id)
             return
+    with heartbeat_thread(sessions, job_id, settings.heartbeat_interval_s):
+        _train_claimed(job_id, sessions, settings)
+
+
+def _train_claimed(job_id: int, sessions: sessionmaker[Session], settings: Settings) -> None:
+    with sessions() as session:
         job = session.get_one(Job, job_id)
         spec = JobCreate.model_validate(job.spec)
         dataset = session.scalar(select(Dataset).where(Dataset.id == spec.dataset_id))

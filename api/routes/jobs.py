@@ -36,6 +36,7 @@ from api.job_schemas import (
 from api.job_spec import JobCreate, StrideSpec
 from api.schemas import MAX_ROW_ID
 from worker import jobs as job_ops
+from worker.celery_app import send_train_task
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -126,7 +127,7 @@ def enqueue(celery: Any, session: Session, queued: Sequence[Job]) -> None:
     and the caller gets 503 (a job is never left queued with no task)."""
     try:
         for job in queued:
-            celery.send_task("aetrain.train_job", args=[job.id], queue=job.queue)
+            send_train_task(celery, job.id, job.queue)
     except Exception as error:  # the broker's client raises many kinds; all mean "not queued"
         for job in queued:
             job_ops.finish_job(

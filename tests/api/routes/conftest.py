@@ -35,11 +35,16 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
     else:
         database_url, broker_url = f"sqlite:///{tmp_path / 'e2e.db'}", ""
     upgrade(database_url)
-    settings = Settings(home=home, database_url=database_url, broker_url=broker_url or None)
+    # Heartbeats and the reaper at test speed: a killed worker's job is recovered in seconds.
+    settings = Settings(
+        home=home, database_url=database_url, broker_url=broker_url or None,
+        heartbeat_interval_s=0.5, stale_after_s=5, reaper_interval_s=0.5,
+    )  # fmt: skip
     queue = f"test-{uuid.uuid4().hex[:8]}"
     env = {
         "AETRAIN_HOME": str(home), "AETRAIN_DATABASE_URL": database_url,
         "AETRAIN_BROKER_URL": broker_url, "OMP_NUM_THREADS": "1",
+        "AETRAIN_HEARTBEAT_INTERVAL_S": "0.5",
     }  # fmt: skip
     worker = start_worker(env, queue, tmp_path / "worker.log", pool="prefork")
     data = tmp_path / "shapes"

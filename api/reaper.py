@@ -1,0 +1,44 @@
+"""Recovers jobs whose worker died: a loop in the API process (see worker.jobs.reap_stale_jobs).
+
+Several API replicas may each run it; the conditional updates recover a job once.
+"""
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.settings import Settings
+from worker import jobs as job_ops
+from worker.celery_app import send_train_task
+
+log = logging.getLogger(__name__)
+
+
+def reap_once(sessions: sessionmaker[Session], celery: Any, settings: Settings) -> list[int]:
+    """One round: re-queue (or fail) stale running jobs; returns the re-queued ids."""
+    with sessions() as session:
+        return job_ops.reap_stale_jobs(
+            session,
+            timedelta(seconds=settings.stale_after_s),
+            send=lambda job: send_train_task(celery, job.id, job.queue),
+        )
+
+
+async def reap_forever(sessions: sessionmaker[Session], celery: Any, settings: Settings) -> None:
+    """Run :func:`reap_once` every ``reaper_interval_s`` until cancelled; errors (database or
+    broker down) are logged and the next round tries again."""
+    while True:
+        await asyncio.sleep(settings.reaper_interval_s)
+        try:
+            requeued = await run_in_threadpool(reap_once, sessions, celery, settings)
+        except Exception:
+            log.exception(
+                "reaping stale jobs failed; next try in %.0f s", settings.reaper_interval_s
+            )
+            continue
+        if requeued:
+            log.warning("re-queued jobs whose worker died: %s", requeued)

@@ -1,0 +1,45 @@
+"""A worker killed mid-training: the reaper re-queues the job and a new worker process resumes
+it from its last checkpoint, with no gap and no duplicate in its metric history."""
+
+import os
+import signal
+import time
+from typing import Any
+
+from tests.api.routes.conftest import TINY_TRAIN
+from tests.api.routes.test_jobs import _wait
+
+
+def test_sigkilled_worker_job_resumes_from_its_checkpoint(service: dict[str, Any]) -> None:
+    client, auth = service["client"], service["auth"]
+    train = {**TINY_TRAIN, "max_batches": 400, "checkpoint_interval": 10, "eval_interval": 0}
+    spec = {"model": "yolov3-tiny-small", "dataset_id": service["dataset_id"], "seed": 5,
+            "queue": service["queue"], "train": train}  # fmt: skip
+    created = client.post("/v1/jobs", json=spec, headers=auth)
+    assert created.status_code == 201, created.text
+    url = f"/v1/jobs/{created.json()['id']}"
+
+    def checkpointed(job: dict[str, Any]) -> bool:
+        return job["state"] != "queued" and job["iteration"] >= 22
+
+    job = _wait(client, url, auth, checkpointed, 120)
+    assert job["state"] == "running", job
+    checkpoint = {c["name"]: c for c in client.get(f"{url}/checkpoints", headers=auth).json()}
+    assert checkpoint["last"]["iteration"] >= 20
+    # The worker's child process that runs the job dies without a word.
+    pid = int(job["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    done = _wait(client, url, auth, lambda j: j["state"] not in ("queued", "running"), 180)
+    assert done["state"] == "succeeded", (done, service["log"].read_text()[-3000:])
+    assert done["attempt"] == 2 and done["worker"] != job["worker"]
+    assert time.monotonic() - killed_at < 120
+    log = [e["message"] for e in client.get(f"{url}/log", headers=auth).json()]
+    assert any("re-queued for attempt 2 of 3" in m for m in log), log
+
+    steps = [
+        m["step"]
+        for m in client.get(f"{url}/metrics?keys=loss&limit=1000", headers=auth).json()["data"]
+    ]
+    assert steps == list(range(1, 401))

@@ -1,0 +1,92 @@
+"""The stale-job reaper on a real database (PostgreSQL and SQLite)."""
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.db import Tenant, make_engine, make_session_factory
+from api.db.models import Job, JobEvent, JobState, utcnow
+from api.migrate import upgrade
+from worker import jobs as job_ops
+
+STALE = timedelta(seconds=60)
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
+    url = (
+        request.getfixturevalue("postgres_url")
+        if request.param == "postgres"
+        else f"sqlite:///{tmp_path / 'reaper.db'}"
+    )
+    upgrade(url)
+    engine = make_engine(url)
+    with make_session_factory(engine)() as s:
+        s.add(Tenant(name="t"))
+        s.commit()
+        yield s
+    engine.dispose()
+
+
+def _running(session: Session, silent_for: timedelta, **fields: object) -> int:
+    tenant = session.scalars(select(Tenant.id)).one()
+    job = Job(tenant_id=tenant, spec={}, state=JobState.running, worker="host:42",
+              heartbeat_at=utcnow() - silent_for, **fields)  # fmt: skip
+    session.add(job)
+    session.commit()
+    return job.id
+
+
+def _state(session: Session, job_id: int) -> Job:
+    session.expire_all()
+    return session.get_one(Job, job_id)
+
+
+def test_stale_jobs_are_requeued_failed_or_cancelled_and_live_ones_left(session: Session) -> None:
+    alive = _running(session, timedelta(seconds=5), attempt=1)
+    lost = _running(session, timedelta(minutes=5), attempt=1, max_attempts=3)
+    exhausted = _running(session, timedelta(minutes=5), attempt=3, max_attempts=3)
+    cancelling = _running(session, timedelta(minutes=5), attempt=1, cancel_requested=True)
+    sent: list[tuple[int, str]] = []
+
+    requeued = job_ops.reap_stale_jobs(session, STALE, send=lambda j: sent.append((j.id, j.queue)))
+
+    assert requeued == [lost] and sent == [(lost, "cpu")]
+    assert _state(session, alive).state == JobState.running
+    assert (_state(session, lost).state, _state(session, lost).worker) == (JobState.queued, None)
+    failed = _state(session, exhausted)
+    assert failed.state == JobState.failed and "each of its 3 attempts" in failed.failure_reason
+    assert _state(session, cancelling).state == JobState.cancelled
+    events = session.scalars(select(JobEvent).where(JobEvent.job_id == lost)).all()
+    assert "re-queued for attempt 2 of 3" in events[-1].message
+    assert "host:42 stopped sending heartbeats" in events[-1].message
+    # A second round finds nothing more to do: each job is recovered once.
+    assert job_ops.reap_stale_jobs(session, STALE, send=lambda j: sent.append((j.id, ""))) == []
+    assert len(sent) == 1
+
+
+def test_a_broker_error_leaves_the_job_for_the_next_round(session: Session) -> None:
+    lost = _running(session, timedelta(minutes=5), attempt=1)
+
+    def broker_down(job: Job) -> None:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        job_ops.reap_stale_jobs(session, STALE, send=broker_down)
+    assert _state(session, lost).state == JobState.running
+    assert job_ops.reap_stale_jobs(session, STALE, send=lambda j: None) == [lost]
+
+
+def test_a_claimed_job_beats_and_a_requeued_one_is_claimed_again(session: Session) -> None:
+    lost = _running(session, timedelta(minutes=5), attempt=1)
+    job_ops.reap_stale_jobs(session, STALE, send=lambda j: None)
+    assert job_ops.claim_job(session, lost, "host:43")
+    job = _state(session, lost)
+    assert (job.state, job.attempt, job.worker) == (JobState.running, 2, "host:43")
+    before = job.heartbeat_at
+    job_ops.touch_heartbeat(session, lost)
+    assert _state(session, lost).heartbeat_at > before
