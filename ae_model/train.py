@@ -254,6 +254,11 @@ class Trainer:
         if resume is not None:
             self.load_checkpoint(resume)
 
+    @property
+    def epoch(self) -> float:
+        """Passes over the training images so far: ``iteration * batch / len(train_set)``."""
+        return self.iteration * self.config.resolved["batch"] / max(1, len(self.train_set))
+
     # -- setup -----------------------------------------------------------------------------
     def _resolve(self, config: TrainConfig) -> None:
         """Fill ``config.resolved`` from overrides, else the cfg's [net], else darknet defaults."""

@@ -48,6 +48,8 @@ class MetricPublic(BaseModel):
 
     key: str
     step: int
+    epoch: float | None
+    """Passes over the training images at this step: ``step * batch / training images``."""
     value: float
     at: datetime
 

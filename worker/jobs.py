@@ -77,14 +77,19 @@ def save_resolved(
     session.commit()
 
 
-def insert_metrics(
-    session: Session, job_id: int, rows: Sequence[tuple[str, int, float, datetime]]
-) -> None:
-    """Append ``(key, step, value, at)`` rows; a (job, key, step) already stored is kept as is,
-    so a resumed attempt that repeats steps adds no duplicates."""
+MetricRow = tuple[str, int, float | None, float, datetime]
+"""``(key, step, epoch, value, at)``"""
+
+
+def insert_metrics(session: Session, job_id: int, rows: Sequence[MetricRow]) -> None:
+    """Append metric rows; a (job, key, step) already stored is kept as is, so a resumed
+    attempt that repeats steps adds no duplicates."""
     if not rows:
         return
-    values = [{"job_id": job_id, "key": k, "step": s, "value": v, "at": at} for k, s, v, at in rows]
+    values = [
+        {"job_id": job_id, "key": k, "step": s, "epoch": e, "value": v, "at": at}
+        for k, s, e, v, at in rows
+    ]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "key", "step"])
@@ -213,8 +218,14 @@ def request_cancel(session: Session, job_id: int) -> JobState:
 
 
 def metric_rows(
-    step: int, metrics: dict[str, float], prefix: str = "", skip: Iterable[str] = ("iteration",)
-) -> list[tuple[str, int, float, datetime]]:
+    step: int,
+    metrics: dict[str, float],
+    prefix: str = "",
+    epoch: float | None = None,
+    skip: Iterable[str] = ("iteration",),
+) -> list[MetricRow]:
     now = utcnow()
     skipped = set(skip)
-    return [(prefix + k, step, float(v), now) for k, v in metrics.items() if k not in skipped]
+    return [
+        (prefix + k, step, epoch, float(v), now) for k, v in metrics.items() if k not in skipped
+    ]

@@ -53,13 +53,15 @@ class DatabaseHook(Hook):
         self.flush(trainer)
 
     def after_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        self.buffer.extend(jobs.metric_rows(trainer.iteration, metrics))
+        self.buffer.extend(jobs.metric_rows(trainer.iteration, metrics, epoch=trainer.epoch))
         due = time.monotonic() - self.last_flush >= FLUSH_SECONDS
         if due or len(self.buffer) >= FLUSH_ROWS:
             self.flush(trainer)
 
     def after_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        self.buffer.extend(jobs.metric_rows(trainer.iteration, metrics, prefix="val/"))
+        self.buffer.extend(
+            jobs.metric_rows(trainer.iteration, metrics, prefix="val/", epoch=trainer.epoch)
+        )
         self.flush(trainer)
 
     def before_checkpoint(self, trainer: Trainer, path: Path) -> None:

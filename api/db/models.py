@@ -170,6 +170,9 @@ class Metric(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
+    # Passes over the training images at this step (iterations x batch / images); darknet
+    # counts iterations, users often think in epochs.
+    epoch: Mapped[float | None] = mapped_column(Float, default=None)
     value: Mapped[float] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -54,6 +54,8 @@ def test_job_trains_streams_metrics_and_serves_checkpoints(service: dict[str, An
 
     losses = client.get(f"/v1/jobs/{job_id}/metrics?keys=loss", headers=auth).json()["data"]
     assert [m["step"] for m in losses] == list(range(1, 31))  # every step once, no gaps
+    # 16 training images, batch 4: each step is a quarter epoch.
+    assert [m["epoch"] for m in losses] == [step * 4 / 16 for step in range(1, 31)]
     page = client.get(f"/v1/jobs/{job_id}/metrics?limit=50", headers=auth).json()
     assert page["next_since_step"] is not None
     nxt = client.get(
