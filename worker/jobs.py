@@ -5,7 +5,7 @@ Shared by the worker (which trains) and the API (which cancels); each function c
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -52,20 +52,28 @@ def finish_job(
     *,
     result: dict[str, Any] | None = None,
     failure_reason: str | None = None,
-) -> None:
-    """Record the outcome of a running job (and its event)."""
-    session.execute(
+    worker: str | None = None,
+) -> bool:
+    """Record the outcome of a job (and its event). With ``worker``, only while the job is
+    that worker's running job; returns whether it was recorded."""
+    condition = _owned(job_id, worker) if worker is not None else Job.id == job_id
+    finished = session.execute(
         update(Job)
-        .where(Job.id == job_id)
+        .where(condition)
         .values(
             state=state,
             finished_at=utcnow(),
             result=result,
             failure_reason=failure_reason,
         )
+        .execution_options(synchronize_session=False)
     )
+    if finished.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
     add_event(session, job_id, state, message or failure_reason or "")
     session.commit()
+    return True
 
 
 def save_resolved(
@@ -97,21 +105,36 @@ def insert_metrics(session: Session, job_id: int, rows: Sequence[MetricRow]) -> 
     session.commit()
 
 
-def heartbeat(session: Session, job_id: int, iteration: int) -> bool:
-    """Stamp the heartbeat and progress; returns whether a cancel was requested."""
-    session.execute(
-        update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow(), iteration=iteration)
+def _owned(job_id: int, worker: str) -> Any:
+    return (Job.id == job_id) & (Job.state == JobState.running) & (Job.worker == worker)
+
+
+def heartbeat(
+    session: Session, job_id: int, iteration: int, worker: str
+) -> Literal["run", "cancel", "lost"]:
+    """Stamp the heartbeat and progress of ``worker``'s job. Says whether to go on, stop for a
+    cancel request, or stop because the job is no longer this worker's (the reaper took it
+    for dead and another worker may run it now)."""
+    owned = session.execute(
+        update(Job)
+        .where(_owned(job_id, worker))
+        .values(heartbeat_at=utcnow(), iteration=iteration)
+        .execution_options(synchronize_session=False)
     )
     session.commit()
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    if owned.rowcount != 1:  # type: ignore[attr-defined]
+        return "lost"
+    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return "cancel" if cancel else "run"
 
 
-def touch_heartbeat(session: Session, job_id: int) -> None:
-    """Stamp a running job's heartbeat: its worker process is alive."""
+def touch_heartbeat(session: Session, job_id: int, worker: str) -> None:
+    """Stamp the heartbeat of ``worker``'s running job: its process is alive."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.running)
+        .where(_owned(job_id, worker))
         .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
     )
     session.commit()
 

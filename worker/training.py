@@ -31,20 +31,34 @@ FLUSH_SECONDS = 2.0
 FLUSH_ROWS = 2000
 
 
-class DatabaseHook(Hook):
-    """Streams metrics, heartbeats and checkpoints of a job into the database, and turns a
-    cancel request into ``trainer.stop_requested`` at the next flush."""
+class JobLostError(RuntimeError):
+    """The job was re-queued as this worker's and may run elsewhere: stop without a trace."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: int) -> None:
+
+class DatabaseHook(Hook):
+    """Streams metrics, heartbeats and checkpoints of a job into the database, and stops the
+    trainer at the next flush when the job is cancelled or is no longer this worker's."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: int, worker: str) -> None:
         self.sessions = sessions
         self.job_id = job_id
+        self.worker = worker
+        self.lost = False
         self.buffer: list[Any] = []
         self.last_flush = time.monotonic()
 
     def flush(self, trainer: Trainer) -> None:
+        if self.lost:
+            return
         with self.sessions() as session:
+            reply = jobs.heartbeat(session, self.job_id, trainer.iteration, self.worker)
+            if reply == "lost":
+                # Re-queued as dead (heartbeats too late): another worker owns it now, so this
+                # one stops at once and writes nothing more, not even a checkpoint.
+                self.lost = True
+                raise JobLostError(f"job {self.job_id} is no longer {self.worker}'s")
             jobs.insert_metrics(session, self.job_id, self.buffer)
-            if jobs.heartbeat(session, self.job_id, trainer.iteration):
+            if reply == "cancel":
                 trainer.stop_requested = True
         self.buffer = []
         self.last_flush = time.monotonic()
@@ -70,6 +84,8 @@ class DatabaseHook(Hook):
         self.flush(trainer)
 
     def after_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        if self.lost:
+            return
         # The API cannot convert (it never imports torch), so darknet weights are written here.
         weights = path.with_suffix(".weights")
         save_darknet_weights(trainer.model, weights)
@@ -114,7 +130,7 @@ def train_config(spec: JobCreate, cfg: str, data: str, out: Path) -> TrainConfig
 
 @contextmanager
 def heartbeat_thread(
-    sessions: sessionmaker[Session], job_id: int, interval_s: float
+    sessions: sessionmaker[Session], job_id: int, worker: str, interval_s: float
 ) -> Iterator[None]:
     """Stamp the job's heartbeat every ``interval_s`` from a daemon thread while the block runs:
     the reaper takes a job without heartbeats for its worker's death, so they must continue
@@ -125,7 +141,7 @@ def heartbeat_thread(
         while not stop.wait(interval_s):
             try:
                 with sessions() as session:
-                    jobs.touch_heartbeat(session, job_id)
+                    jobs.touch_heartbeat(session, job_id, worker)
             except Exception as error:  # the next beat retries; training goes on meanwhile
                 log.warning("job %s: heartbeat not recorded: %s", job_id, error)
 
@@ -157,11 +173,13 @@ def run_job(job_id: int, sessions: sessionmaker[Session], settings: Settings, wo
         if not jobs.claim_job(session, job_id, worker):
             log.info("job %s is not queued; duplicate delivery ignored", job_id)
             return
-    with heartbeat_thread(sessions, job_id, settings.heartbeat_interval_s):
-        _train_claimed(job_id, sessions, settings)
+    with heartbeat_thread(sessions, job_id, worker, settings.heartbeat_interval_s):
+        _train_claimed(job_id, sessions, settings, worker)
 
 
-def _train_claimed(job_id: int, sessions: sessionmaker[Session], settings: Settings) -> None:
+def _train_claimed(
+    job_id: int, sessions: sessionmaker[Session], settings: Settings, worker: str
+) -> None:
     with sessions() as session:
         job = session.get_one(Job, job_id)
         spec = JobCreate.model_validate(job.spec)
@@ -178,12 +196,13 @@ def _train_claimed(job_id: int, sessions: sessionmaker[Session], settings: Setti
             jobs.finish_job(
                 session, job_id, JobState.failed,
                 failure_reason="the job's dataset or model no longer exists; submit it again",
+                worker=worker,
             )  # fmt: skip
         return
     if spec.train.workers:
         _allow_loader_processes()
     resume = out / "last.pt"
-    hook = DatabaseHook(sessions, job_id)
+    hook = DatabaseHook(sessions, job_id, worker)
     try:
         trainer = Trainer(
             train_config(spec, cfg, dataset.path, out),
@@ -192,16 +211,23 @@ def _train_claimed(job_id: int, sessions: sessionmaker[Session], settings: Setti
         )
     except (CfgError, ValueError, FileNotFoundError) as error:
         with sessions() as session:
-            jobs.finish_job(session, job_id, JobState.failed, failure_reason=str(error))
+            jobs.finish_job(
+                session, job_id, JobState.failed, failure_reason=str(error), worker=worker
+            )
         return
     resolved = trainer.config.resolved
     with sessions() as session:
         jobs.save_resolved(session, job_id, resolved, resolved["max_batches"])
     try:
         final = trainer.train()
+    except JobLostError as error:
+        log.warning("%s; stopped at iteration %s", error, trainer.iteration)
+        return
     except NonFiniteLossError as error:
         with sessions() as session:
-            jobs.finish_job(session, job_id, JobState.failed, failure_reason=str(error))
+            jobs.finish_job(
+                session, job_id, JobState.failed, failure_reason=str(error), worker=worker
+            )
         return
     except Exception as error:
         log.exception("job %s crashed", job_id)
@@ -209,17 +235,17 @@ def _train_claimed(job_id: int, sessions: sessionmaker[Session], settings: Setti
             jobs.finish_job(
                 session, job_id, JobState.failed,
                 failure_reason=f"training crashed at iteration {trainer.iteration}: "
-                f"{type(error).__name__}: {error}",
+                f"{type(error).__name__}: {error}", worker=worker,
             )  # fmt: skip
         raise
     with sessions() as session:
         if trainer.stop_requested:
             jobs.finish_job(
                 session, job_id, JobState.cancelled,
-                f"cancelled at iteration {trainer.iteration}; last checkpoint kept",
+                f"cancelled at iteration {trainer.iteration}; last checkpoint kept", worker=worker,
             )  # fmt: skip
         else:
             jobs.finish_job(
                 session, job_id, JobState.succeeded,
-                f"finished {trainer.iteration} iterations", result=final,
+                f"finished {trainer.iteration} iterations", result=final, worker=worker,
             )  # fmt: skip

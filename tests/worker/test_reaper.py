@@ -88,5 +88,20 @@ def test_a_claimed_job_beats_and_a_requeued_one_is_claimed_again(session: Sessio
     job = _state(session, lost)
     assert (job.state, job.attempt, job.worker) == (JobState.running, 2, "host:43")
     before = job.heartbeat_at
-    job_ops.touch_heartbeat(session, lost)
+    job_ops.touch_heartbeat(session, lost, "host:43")
     assert _state(session, lost).heartbeat_at > before
+
+
+def test_a_worker_taken_for_dead_learns_it_and_cannot_record_an_outcome(session: Session) -> None:
+    slow = _running(session, timedelta(minutes=5), attempt=1)  # worker host:42, silent
+    job_ops.reap_stale_jobs(session, STALE, send=lambda j: None)
+    assert job_ops.claim_job(session, slow, "host:43")
+    # host:42 was alive after all: its next flush is told to stop, and its outcome is ignored.
+    assert job_ops.heartbeat(session, slow, 7, "host:42") == "lost"
+    assert not job_ops.finish_job(session, slow, JobState.succeeded, worker="host:42")
+    assert job_ops.heartbeat(session, slow, 3, "host:43") == "run"
+    job_ops.request_cancel(session, slow)
+    assert job_ops.heartbeat(session, slow, 4, "host:43") == "cancel"
+    assert job_ops.finish_job(session, slow, JobState.cancelled, worker="host:43")
+    job = _state(session, slow)
+    assert (job.state, job.iteration) == (JobState.cancelled, 4)
