@@ -167,7 +167,7 @@ def run_comparison(
     created = client.post("/v1/comparisons", body)
     cid, jobs_total = created["id"], created["progress"]["total"]
     per_job = body["base"].get("train", {}).get("max_batches")
-    arms, seeds = len(body["arms"]), len(body["seeds"])
+    arms, seeds = len(created["spec"]["arms"]), len(created["spec"]["seeds"])
     typer.echo(f"comparison {cid}: {arms} arms x {seeds} seeds = {jobs_total} jobs")
     with tqdm(total=(per_job or 1) * jobs_total, desc="training", unit="it") as bar:
         while True:

@@ -1,9 +1,10 @@
 """Response schemas of jobs, their events, metrics and checkpoints."""
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from api.schemas import UtcDatetime
 
 
 class JobPublic(BaseModel):
@@ -24,10 +25,10 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     failure_reason: str | None
     worker: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    heartbeat_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    heartbeat_at: UtcDatetime | None
 
 
 class JobsPublic(BaseModel):
@@ -38,7 +39,7 @@ class JobsPublic(BaseModel):
 class JobEventPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    at: datetime
+    at: UtcDatetime
     state: str
     message: str
 
@@ -51,7 +52,7 @@ class MetricPublic(BaseModel):
     epoch: float | None
     """Passes over the training images at this step: ``step * batch / training images``."""
     value: float
-    at: datetime
+    at: UtcDatetime
 
 
 class MetricsPage(BaseModel):
@@ -72,6 +73,6 @@ class CheckpointPublic(BaseModel):
     name: str
     iteration: int
     metrics: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
     formats: dict[str, CheckpointFile]
     """``pt`` (PyTorch checkpoint) and ``weights`` (darknet), with size and SHA-256."""

@@ -112,6 +112,12 @@ class JobCreate(StrictModel):
     device: str = "auto"
     name: Annotated[str | None, Field(max_length=200)] = None
 
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, value: str | int) -> str | int:
+        # GET /v1/models gives an upload's `ref` as a string of digits: the same model as the id.
+        return int(value) if isinstance(value, str) and value.isdigit() else value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.cfg import CfgError
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 # Metric rows go to the database in batches: one transaction every few seconds, not per step.
 FLUSH_SECONDS = 2.0
 FLUSH_ROWS = 2000
+# How long a checkpoint or the job's end waits for an unreachable database before the job
+# fails; meanwhile training goes on and metric rows stay buffered in memory.
+DATABASE_WAIT_S = 600.0
 
 
 class JobLostError(RuntimeError):
@@ -44,10 +48,35 @@ class DatabaseHook(Hook):
         self.job_id = job_id
         self.worker = worker
         self.lost = False
+        self.outage = False
         self.buffer: list[Any] = []
         self.last_flush = time.monotonic()
 
-    def flush(self, trainer: Trainer) -> None:
+    def flush(self, trainer: Trainer, wait: bool = False) -> None:
+        """Write the buffered metrics and the heartbeat. While the database is unreachable the
+        rows stay buffered and training goes on; with ``wait`` (before a checkpoint, at the
+        end) it retries until the database is back, so nothing is lost."""
+        deadline = time.monotonic() + DATABASE_WAIT_S
+        while True:
+            try:
+                self._flush(trainer)
+                break
+            except (OperationalError, InterfaceError) as error:
+                if not self.outage:
+                    log.warning("job %s: database unreachable, buffering metrics: %s",
+                                self.job_id, error.orig)  # fmt: skip
+                self.outage = True
+                if not wait or time.monotonic() > deadline:
+                    if wait:
+                        raise
+                    self.last_flush = time.monotonic()
+                    return
+                time.sleep(1.0)
+        if self.outage:
+            log.warning("job %s: database back; buffered metrics written", self.job_id)
+            self.outage = False
+
+    def _flush(self, trainer: Trainer) -> None:
         if self.lost:
             return
         with self.sessions() as session:
@@ -81,7 +110,7 @@ class DatabaseHook(Hook):
     def before_checkpoint(self, trainer: Trainer, path: Path) -> None:
         # A resume from this checkpoint starts after its iteration: the metrics of the steps
         # up to it must be stored before it exists, or a crash leaves a gap in the history.
-        self.flush(trainer)
+        self.flush(trainer, wait=True)
 
     def after_checkpoint(self, trainer: Trainer, path: Path) -> None:
         if self.lost:
@@ -100,7 +129,7 @@ class DatabaseHook(Hook):
                 )  # fmt: skip
 
     def after_train(self, trainer: Trainer) -> None:
-        self.flush(trainer)
+        self.flush(trainer, wait=True)
 
 
 def _sha256(path: Path) -> str:
@@ -171,7 +200,7 @@ def run_job(job_id: int, sessions: sessionmaker[Session], settings: Settings, wo
     """
     with sessions() as session:
         if not jobs.claim_job(session, job_id, worker):
-            log.info("job %s is not queued; duplicate delivery ignored", job_id)
+            log.warning("job %s is not queued; duplicate delivery ignored", job_id)
             return
     with heartbeat_thread(sessions, job_id, worker, settings.heartbeat_interval_s):
         _train_claimed(job_id, sessions, settings, worker)
@@ -239,7 +268,8 @@ def _train_claimed(
             )  # fmt: skip
         raise
     with sessions() as session:
-        if trainer.stop_requested:
+        # A cancel that arrives during the final evaluation comes too late to stop anything.
+        if trainer.stop_requested and trainer.iteration < resolved["max_batches"]:
             jobs.finish_job(
                 session, job_id, JobState.cancelled,
                 f"cancelled at iteration {trainer.iteration}; last checkpoint kept", worker=worker,

@@ -2,7 +2,6 @@
 
 import io
 from collections import Counter, defaultdict
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -15,7 +14,7 @@ from api.db.models import Comparison, Job, JobState, Metric
 from api.deps import SessionDep, TenantDep
 from api.job_spec import ComparisonCreate, JobCreate
 from api.routes.jobs import check_job_spec, enqueue
-from api.schemas import MAX_ROW_ID
+from api.schemas import MAX_ROW_ID, UtcDatetime
 from worker import jobs as job_ops
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
@@ -36,7 +35,7 @@ class ComparisonPublic(BaseModel):
     name: str | None
     spec: dict[str, Any]
     reference: str
-    created_at: datetime
+    created_at: UtcDatetime
     progress: dict[str, int]
     """Jobs per state, and ``total``."""
     jobs: list[ComparisonJob]

@@ -73,10 +73,10 @@ OwnedJobDep = Annotated[Job, Depends(owned_job)]
 def _model_cfg(session: Session, tenant_id: int, model: str | int) -> DarknetConfig:
     """The cfg a job names: an uploaded model of the tenant (by id) or a bundled cfg (by name)."""
     try:
-        if isinstance(model, int) or model.isdigit():
+        if isinstance(model, int):
             row = session.scalar(
                 select(ModelConfig).where(
-                    ModelConfig.id == int(model), ModelConfig.tenant_id == tenant_id
+                    ModelConfig.id == model, ModelConfig.tenant_id == tenant_id
                 )
             )
             if row is None:
@@ -220,7 +220,8 @@ def job_metrics(
     """Metrics with ``step > since_step``, ordered by step; a page never splits a step.
 
     Training metrics are logged per iteration (loss, loss_box, loss_obj, loss_cls, lr,
-    ae_alpha, images_per_s, input_size); evaluations as ``val/AP``, ``val/AP50``, ...
+    ae_alpha, images_per_s, input_size, gpu_mem_mb on CUDA); evaluations as ``val/AP``,
+    ``val/AP50``, ..., ``val/AR*``, ``val/AP_class/<category id>`` and ``val/latency_ms``.
     """
     get_job(session, tenant_id, job_id)
     query = select(Metric).where(Metric.job_id == job_id, Metric.step > since_step)
@@ -230,8 +231,9 @@ def job_metrics(
     next_step = None
     if len(rows) > limit:
         last_step = rows[limit].step
-        kept = [r for r in rows[:limit] if r.step < last_step]
-        rows = kept or rows[:limit]
+        rows = [r for r in rows[:limit] if r.step < last_step]
+        if not rows:  # one step has more rows than `limit`: the page is that whole step
+            rows = list(session.scalars(query.where(Metric.step == last_step).order_by(Metric.key)))
         next_step = rows[-1].step
     data = [MetricPublic.model_validate(r) for r in rows]
     return MetricsPage(data=data, count=len(data), next_since_step=next_step)

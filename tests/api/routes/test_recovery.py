@@ -8,6 +8,7 @@ from typing import Any
 
 from tests.api.routes.conftest import TINY_TRAIN
 from tests.api.routes.test_jobs import _wait
+from worker.celery_app import send_train_task
 
 
 def test_sigkilled_worker_job_resumes_from_its_checkpoint(service: dict[str, Any]) -> None:
@@ -43,3 +44,22 @@ def test_sigkilled_worker_job_resumes_from_its_checkpoint(service: dict[str, Any
         for m in client.get(f"{url}/metrics?keys=loss&limit=1000", headers=auth).json()["data"]
     ]
     assert steps == list(range(1, 401))
+
+
+def test_a_task_delivered_twice_trains_once(service: dict[str, Any]) -> None:
+    client, auth = service["client"], service["auth"]
+    spec = {"model": "yolov3-tiny-small", "dataset_id": service["dataset_id"],
+            "queue": service["queue"], "train": {**TINY_TRAIN, "max_batches": 10}}  # fmt: skip
+    job_id = client.post("/v1/jobs", json=spec, headers=auth).json()["id"]
+    # What a broker re-delivery looks like to the worker: the same task again.
+    send_train_task(client.app.state.celery, job_id, service["queue"])
+    done = _wait(client, f"/v1/jobs/{job_id}", auth, lambda j: j["state"] == "succeeded", 120)
+    assert done["attempt"] == 1
+    deadline = time.monotonic() + 60
+    while (
+        f"job {job_id} is not queued; duplicate delivery ignored" not in service["log"].read_text()
+    ):
+        assert time.monotonic() < deadline, service["log"].read_text()[-3000:]
+        time.sleep(0.25)
+    log = [e["message"] for e in client.get(f"/v1/jobs/{job_id}/log", headers=auth).json()]
+    assert sum(m.startswith("claimed by") for m in log) == 1, log

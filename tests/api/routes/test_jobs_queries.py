@@ -1,0 +1,66 @@
+"""Job endpoints that need no worker: model references and metric paging on stored rows."""
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ae_model.cfg import bundled_cfg_path
+from ae_model.datasets import generate_dataset
+from api.db import Tenant, make_engine, make_session_factory
+from api.db.models import Dataset, Job, Metric
+from api.settings import Settings
+
+
+def _session(settings: Settings) -> Session:
+    return make_session_factory(make_engine(settings.resolved_database_url()))()
+
+
+def test_an_uploaded_models_ref_string_names_the_same_model(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    cfg = bundled_cfg_path("yolov3-tiny-small").read_text()
+    uploaded = client.post("/v1/models", json={"name": "tiny", "cfg": cfg}, headers=auth)
+    assert uploaded.status_code == 201, uploaded.text
+    ref = uploaded.json()["ref"]
+    assert isinstance(ref, str) and ref.isdigit()
+    data = settings.home / "shapes"
+    generate_dataset("shapes", data, train=4, val=2, size=96, seed=0, min_scale=0.1)
+    with _session(settings) as session:
+        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
+        dataset = Dataset(tenant_id=tenant, name="s", path=str(data), class_names=[])
+        session.add(dataset)
+        session.commit()
+        dataset_id = dataset.id
+    job = client.post("/v1/jobs", json={"model": ref, "dataset_id": dataset_id}, headers=auth)
+    assert job.status_code == 201, job.text
+    # Stored as the id, so the worker looks up the upload rather than a bundled cfg named "1".
+    assert job.json()["spec"]["model"] == int(ref)
+
+
+def test_a_metrics_page_never_splits_a_step(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    with _session(settings) as session:
+        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
+        job = Job(tenant_id=tenant, spec={})
+        session.add(job)
+        session.flush()
+        per_step = {1: 3, 2: 80, 3: 3}  # step 2: an evaluation with one AP per class
+        session.add_all(
+            Metric(job_id=job.id, key=f"k{i:03d}", step=step, value=float(i))
+            for step, n in per_step.items()
+            for i in range(n)
+        )
+        session.commit()
+        job_id = job.id
+    steps_seen, since, pages = [], -1, 0
+    while since is not None:
+        page = client.get(
+            f"/v1/jobs/{job_id}/metrics?limit=50&since_step={since}", headers=auth
+        ).json()
+        steps = [m["step"] for m in page["data"]]
+        assert steps and page["count"] == len(steps)
+        steps_seen += steps
+        since, pages = page["next_since_step"], pages + 1
+    assert pages == 3
+    assert [steps_seen.count(step) for step in per_step] == list(per_step.values())
