@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # the reaper re-queues it to resume from its last checkpoint, up to the job's max_attempts.
     stale_after_s: float = Field(default=120.0, gt=0)
     reaper_interval_s: float = Field(default=15.0, gt=0)
+    # Per tenant, jobs queued or running at once: one tenant cannot fill every worker's queue.
+    max_active_jobs: int = Field(default=100, gt=0)
 
     @field_validator("home")
     @classmethod

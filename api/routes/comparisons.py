@@ -13,7 +13,7 @@ from ae_model.compare import ArmResult, format_table, plot_comparison, summarize
 from api.db.models import Comparison, Job, JobState, Metric
 from api.deps import SessionDep, TenantDep
 from api.job_spec import ComparisonCreate, JobCreate
-from api.routes.jobs import check_job_spec, enqueue
+from api.routes.jobs import TOO_MANY_JOBS, check_active_jobs, check_job_spec, enqueue
 from api.schemas import MAX_ROW_ID, UtcDatetime
 from worker import jobs as job_ops
 
@@ -108,6 +108,7 @@ def _public(session: Session, row: Comparison) -> ComparisonPublic:
     response_model=ComparisonPublic,
     status_code=status.HTTP_201_CREATED,
     summary="Compare arms (e.g. baseline vs AE) over several seeds",
+    responses=TOO_MANY_JOBS,
 )
 def create_comparison(
     body: ComparisonCreate, request: Request, session: SessionDep, tenant_id: TenantDep
@@ -130,6 +131,7 @@ def create_comparison(
         if index < len(body.arms):  # each arm's spec checked once; seeds do not change it
             check_job_spec(session, tenant_id, job_spec)
         runs.append((arm, seed, job_spec))
+    check_active_jobs(request, session, tenant_id, len(runs))
     row = Comparison(tenant_id=tenant_id, name=body.name, spec=body.model_dump(mode="json"))
     session.add(row)
     session.flush()

@@ -139,11 +139,34 @@ def enqueue(celery: Any, session: Session, queued: Sequence[Job]) -> None:
         ) from error
 
 
+def check_active_jobs(request: Request, session: Session, tenant_id: int, adding: int) -> None:
+    """429 when ``adding`` more jobs would pass the tenant's limit of queued + running jobs."""
+    limit = request.app.state.settings.max_active_jobs
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.state.in_([JobState.queued, JobState.running]))
+    )
+    if (active or 0) + adding > limit:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"you have {active} jobs queued or running and may have {limit} at once; this "
+            f"request adds {adding}. Wait for some to finish or cancel them",
+        )
+
+
+TOO_MANY_JOBS: dict[int | str, dict[str, Any]] = {
+    429: {"description": "The tenant's jobs queued or running would pass AETRAIN_MAX_ACTIVE_JOBS."},
+    503: {"description": "The task broker is unreachable; the job is recorded as failed."},
+}
+
+
 @router.post(
     "",
     response_model=JobPublic,
     status_code=status.HTTP_201_CREATED,
     summary="Submit a training job",
+    responses=TOO_MANY_JOBS,
 )
 def create_job(body: JobCreate, request: Request, session: SessionDep, tenant_id: TenantDep) -> Job:
     """Queue a training job. The model and dataset must exist; AE layers must exist in the cfg.
@@ -152,6 +175,7 @@ def create_job(body: JobCreate, request: Request, session: SessionDep, tenant_id
     metrics, or the SSE stream at /v1/jobs/{id}/events.
     """
     check_job_spec(session, tenant_id, body)
+    check_active_jobs(request, session, tenant_id, 1)
     job = Job(
         tenant_id=tenant_id, spec=body.model_dump(mode="json"), queue=body.queue, seed=body.seed
     )

@@ -1,5 +1,7 @@
 """Job endpoints that need no worker: model references and metric paging on stored rows."""
 
+from typing import Any
+
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -8,6 +10,7 @@ from ae_model.cfg import bundled_cfg_path
 from ae_model.datasets import generate_dataset
 from api.db import Tenant, make_engine, make_session_factory
 from api.db.models import Dataset, Job, Metric
+from api.main import create_app
 from api.settings import Settings
 
 
@@ -64,3 +67,36 @@ def test_a_metrics_page_never_splits_a_step(
         since, pages = page["next_since_step"], pages + 1
     assert pages == 3
     assert [steps_seen.count(step) for step in per_step] == list(per_step.values())
+
+
+def test_a_tenant_has_a_limit_on_jobs_queued_or_running(
+    settings: Settings, auth: dict[str, str], other_auth: dict[str, str]
+) -> None:
+    data = settings.home / "shapes"
+    generate_dataset("shapes", data, train=4, val=2, size=96, seed=0, min_scale=0.1)
+    ids = {}
+    with _session(settings) as session:
+        for name in ("alice", "mallory"):
+            tenant = session.scalars(select(Tenant.id).where(Tenant.name == name)).one()
+            dataset = Dataset(tenant_id=tenant, name="s", path=str(data), class_names=[])
+            session.add(dataset)
+            session.commit()
+            ids[name] = dataset.id
+    limited = settings.model_copy(update={"max_active_jobs": 2})
+    with TestClient(create_app(limited)) as client:  # no worker: jobs stay queued
+
+        def submit(headers: dict[str, str], tenant: str) -> Any:
+            body = {"model": "yolov3-tiny-small", "dataset_id": ids[tenant]}
+            return client.post("/v1/jobs", json=body, headers=headers)
+
+        first, _ = submit(auth, "alice"), submit(auth, "alice")
+        refused = submit(auth, "alice")
+        assert refused.status_code == 429
+        assert "2 jobs queued or running and may have 2 at once" in refused.json()["detail"]
+        comparison = {"base": {"model": "yolov3-tiny-small", "dataset_id": ids["alice"]},
+                      "arms": [{"name": "a"}, {"name": "b"}], "seeds": [0]}  # fmt: skip
+        assert client.post("/v1/comparisons", json=comparison, headers=auth).status_code == 429
+        # The limit is per tenant, and a cancelled job frees its place.
+        assert submit(other_auth, "mallory").status_code == 201
+        client.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth)
+        assert submit(auth, "alice").status_code == 201
