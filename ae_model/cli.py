@@ -132,6 +132,9 @@ def train(
     data: Annotated[Path, typer.Option(help="Dataset folder (COCO or YOLO layout).")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/train"),
     max_batches: Annotated[int | None, typer.Option(help="Iterations; default the cfg's.")] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Instead of --max-batches: passes over the train split.")
+    ] = None,
     batch: Annotated[int | None, typer.Option(help="Images per iteration.")] = None,
     subdivisions: Annotated[int | None, typer.Option(help="Micro-batches per iteration.")] = None,
     learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
@@ -170,9 +173,9 @@ def train(
 
     width, height = parse_size(size) if size else (None, None)
     config = TrainConfig(
-        cfg=cfg, data=str(data), out=str(out), seed=seed, max_batches=max_batches, batch=batch,
-        subdivisions=subdivisions, learning_rate=learning_rate, burn_in=burn_in, width=width,
-        height=height, multiscale=multiscale, device=device, workers=workers,
+        cfg=cfg, data=str(data), out=str(out), seed=seed, max_batches=max_batches, epochs=epochs,
+        batch=batch, subdivisions=subdivisions, learning_rate=learning_rate, burn_in=burn_in,
+        width=width, height=height, multiscale=multiscale, device=device, workers=workers,
         eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
         ae=_ae_config(ae_layers, ae_stride, ae_schedule, ae_iterations, ae_alpha_max, ae_mode,
                       ae_detach),

@@ -75,6 +75,8 @@ class TrainConfig:
     out: str = "runs/train"
     seed: int = 0
     max_batches: int | None = None
+    epochs: float | None = None
+    """Instead of ``max_batches``: passes over the training images (rounded up to iterations)."""
     batch: int | None = None
     subdivisions: int | None = None
     learning_rate: float | None = None
@@ -294,7 +296,7 @@ class Trainer:
         config.resolved = {
             "batch": batch,
             "subdivisions": subdivisions,
-            "max_batches": pick("max_batches", 1000, int),
+            "max_batches": self._max_batches(config, batch),
             "learning_rate": pick("learning_rate", 0.001, float),
             "momentum": pick("momentum", 0.9, float),
             "decay": pick("decay", 0.0001, float),
@@ -323,6 +325,17 @@ class Trainer:
                     f"{side}={config.resolved[side]} is not a positive multiple of 32; YOLO "
                     "downsamples by 32, so use e.g. 320, 416 or 608"
                 )
+
+    def _max_batches(self, config: TrainConfig, batch: int) -> int:
+        if config.epochs is None:
+            if config.max_batches is not None:
+                return config.max_batches
+            return int(self.model.net.get("max_batches", 1000))
+        if config.max_batches is not None:
+            raise ValueError("give max_batches or epochs, not both")
+        if config.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {config.epochs}")
+        return math.ceil(config.epochs * len(self.train_set) / batch)
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not self.config.amp or self.device.type != "cuda":

@@ -50,6 +50,11 @@ class TrainSpec(StrictModel):
     """Training overrides; omitted fields follow the cfg's [net]."""
 
     max_batches: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
+    epochs: Annotated[
+        float | None,
+        Field(gt=0, le=100_000, allow_inf_nan=False,
+              description="Instead of max_batches: passes over the training images."),
+    ] = None  # fmt: skip
     batch: Annotated[int | None, Field(ge=1, le=4096)] = None
     subdivisions: Annotated[int | None, Field(ge=1, le=4096)] = None
     learning_rate: Annotated[float | None, Field(gt=0, le=10, allow_inf_nan=False)] = None
@@ -70,6 +75,8 @@ class TrainSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.max_batches is not None and self.epochs is not None:
+            raise ValueError("give max_batches or epochs, not both")
         if self.batch and self.subdivisions and self.batch % self.subdivisions:
             raise ValueError(
                 f"batch={self.batch} must be divisible by subdivisions={self.subdivisions}"

@@ -137,3 +137,11 @@ def test_resume_refuses_a_checkpoint_of_other_settings(shapes: Path, tmp_path: P
     # Where it runs and how often it evaluates may change between attempts.
     same = _config(shapes, tmp_path / "moved", max_batches=6, checkpoint_interval=3)
     assert Trainer(same, resume=tmp_path / "last.pt").iteration == 6
+
+
+def test_epochs_become_iterations(shapes: Path, tmp_path: Path) -> None:
+    # 48 training images, batch 8: 2.5 epochs are 15 iterations.
+    trainer = Trainer(_config(shapes, tmp_path, max_batches=None, epochs=2.5))
+    assert trainer.config.resolved["max_batches"] == 15
+    with pytest.raises(ValueError, match="max_batches or epochs, not both"):
+        Trainer(_config(shapes, tmp_path, max_batches=10, epochs=1.0))

@@ -100,3 +100,11 @@ def test_a_tenant_has_a_limit_on_jobs_queued_or_running(
         assert submit(other_auth, "mallory").status_code == 201
         client.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth)
         assert submit(auth, "alice").status_code == 201
+
+
+def test_epochs_or_max_batches(client: TestClient, auth: dict[str, str]) -> None:
+    body = {"model": "yolov3-tiny-small", "dataset_id": 1, "train": {"epochs": 2, "max_batches": 5}}
+    both = client.post("/v1/jobs", json=body, headers=auth)
+    assert both.status_code == 422 and "give max_batches or epochs, not both" in both.text
+    body["train"] = {"epochs": 0}
+    assert "greater than 0" in client.post("/v1/jobs", json=body, headers=auth).text
