@@ -111,7 +111,7 @@ class JobCreate(StrictModel):
     model: str | int = Field(
         description="A bundled cfg name (GET /v1/models) or the id of an uploaded cfg."
     )
-    dataset_id: int = Field(ge=1)
+    dataset_id: int = Field(ge=1, le=2**31 - 1)
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     train: TrainSpec = Field(default_factory=TrainSpec)
     ae: AESpec | None = None

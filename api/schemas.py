@@ -24,6 +24,8 @@ MAX_ROW_ID = 2**31 - 1
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, unknown or revoked API key."}
 }
+# Documented on every route with a JSON body.
+BAD_JSON: dict[int | str, dict[str, Any]] = {400: {"description": "The body is not valid JSON."}}
 # A name a person gave: printable, one line.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]
@@ -92,7 +94,10 @@ class DatasetRejected(BaseModel):
     """A refused upload; nothing was stored. ``report`` lists the dataset's errors; it is
     absent when the zip itself was refused (unsafe, too large, not a zip)."""
 
-    detail: str
+    detail: str | list[dict[str, Any]] = Field(
+        description="What to fix; FastAPI's list of field errors when the request itself is "
+        "malformed (no file part, say)."
+    )
     report: DatasetReport | None = None
 
 

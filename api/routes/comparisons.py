@@ -13,11 +13,14 @@ from ae_model.compare import ArmResult, format_table, plot_comparison, summarize
 from api.db.models import Comparison, Job, JobState, Metric
 from api.deps import SessionDep, TenantDep
 from api.job_spec import ComparisonCreate, JobCreate
-from api.routes.jobs import TOO_MANY_JOBS, check_active_jobs, check_job_spec, enqueue
-from api.schemas import MAX_ROW_ID, UtcDatetime
+from api.routes.jobs import SUBMIT_RESPONSES, check_active_jobs, check_job_spec, enqueue
+from api.schemas import MAX_ROW_ID, UNAUTHORIZED, UtcDatetime
 from worker import jobs as job_ops
 
-router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
+router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], responses=UNAUTHORIZED)
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such comparison of this tenant."}
+}
 
 
 class ComparisonJob(BaseModel):
@@ -108,7 +111,7 @@ def _public(session: Session, row: Comparison) -> ComparisonPublic:
     response_model=ComparisonPublic,
     status_code=status.HTTP_201_CREATED,
     summary="Compare arms (e.g. baseline vs AE) over several seeds",
-    responses=TOO_MANY_JOBS,
+    responses=SUBMIT_RESPONSES,
 )
 def create_comparison(
     body: ComparisonCreate, request: Request, session: SessionDep, tenant_id: TenantDep
@@ -155,7 +158,7 @@ def list_comparisons(
     session: SessionDep,
     tenant_id: TenantDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> ComparisonsPublic:
     query = select(Comparison).where(Comparison.tenant_id == tenant_id)
     count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -163,7 +166,12 @@ def list_comparisons(
     return ComparisonsPublic(data=[_public(session, r) for r in rows], count=count)
 
 
-@router.get("/{comparison_id}", response_model=ComparisonPublic, summary="Progress and results")
+@router.get(
+    "/{comparison_id}",
+    response_model=ComparisonPublic,
+    summary="Progress and results",
+    responses=NOT_FOUND,
+)
 def read_comparison(
     comparison_id: int, session: SessionDep, tenant_id: TenantDep
 ) -> ComparisonPublic:
@@ -203,7 +211,7 @@ def _curves(session: Session, jobs: list[Job]) -> dict[str, list[dict[str, list[
     "/{comparison_id}/plot.png",
     response_class=Response,
     summary="Plot: metric per seed per arm, paired differences, learning curves",
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
 )
 def comparison_plot(comparison_id: int, session: SessionDep, tenant_id: TenantDep) -> Response:
     row = _get(session, tenant_id, comparison_id)

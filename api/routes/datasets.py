@@ -184,6 +184,7 @@ def _publish(
     response_model=DatasetPublic,
     summary="Upload a dataset (zip, COCO or YOLO layout)",
     responses={
+        400: {"description": "The body is not valid multipart form data."},
         413: {"description": "The upload is larger than the limit."},
         422: {
             "model": DatasetRejected,
@@ -304,7 +305,7 @@ def list_datasets(
     session: SessionDep,
     tenant_id: TenantDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> Page[DatasetPublic]:
     mine = select(Dataset).where(Dataset.tenant_id == tenant_id)
     count = session.scalar(select(func.count()).select_from(mine.subquery())) or 0

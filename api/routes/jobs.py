@@ -34,11 +34,13 @@ from api.job_schemas import (
     MetricsPage,
 )
 from api.job_spec import JobCreate, StrideSpec
-from api.schemas import MAX_ROW_ID
+from api.schemas import BAD_JSON, MAX_ROW_ID, UNAUTHORIZED
 from worker import jobs as job_ops
 from worker.celery_app import send_train_task
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Every route needs a key; every route with a job id answers 404 for another tenant's job.
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=UNAUTHORIZED)
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job of this tenant."}}
 
 CHECKPOINT_FORMATS = {"pt": "application/octet-stream", "weights": "application/octet-stream"}
 SSE_POLL_SECONDS = 0.5
@@ -155,7 +157,8 @@ def check_active_jobs(request: Request, session: Session, tenant_id: int, adding
         )
 
 
-TOO_MANY_JOBS: dict[int | str, dict[str, Any]] = {
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **BAD_JSON,
     429: {"description": "The tenant's jobs queued or running would pass AETRAIN_MAX_ACTIVE_JOBS."},
     503: {"description": "The task broker is unreachable; the job is recorded as failed."},
 }
@@ -166,7 +169,7 @@ TOO_MANY_JOBS: dict[int | str, dict[str, Any]] = {
     response_model=JobPublic,
     status_code=status.HTTP_201_CREATED,
     summary="Submit a training job",
-    responses=TOO_MANY_JOBS,
+    responses=SUBMIT_RESPONSES,
 )
 def create_job(body: JobCreate, request: Request, session: SessionDep, tenant_id: TenantDep) -> Job:
     """Queue a training job. The model and dataset must exist; AE layers must exist in the cfg.
@@ -194,7 +197,7 @@ def list_jobs(
     tenant_id: TenantDep,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> JobsPublic:
     """The tenant's jobs, newest first."""
     query = select(Job).where(Job.tenant_id == tenant_id)
@@ -205,12 +208,17 @@ def list_jobs(
     return JobsPublic(data=[JobPublic.model_validate(r) for r in rows], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
+@router.get("/{job_id}", response_model=JobPublic, summary="Get a job", responses=NOT_FOUND)
 def read_job(job_id: int, session: SessionDep, tenant_id: TenantDep) -> Job:
     return get_job(session, tenant_id, job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel a job")
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    summary="Cancel a job",
+    responses={**NOT_FOUND, 409: {"description": "The job already ended."}},
+)
 def cancel_job(job_id: int, session: SessionDep, tenant_id: TenantDep) -> Job:
     """A queued job is cancelled at once; a running one stops at its next iteration boundary
     (within a few seconds), keeping its last checkpoint. A finished job answers 409."""
@@ -222,7 +230,12 @@ def cancel_job(job_id: int, session: SessionDep, tenant_id: TenantDep) -> Job:
     return job
 
 
-@router.get("/{job_id}/log", response_model=list[JobEventPublic], summary="State transitions")
+@router.get(
+    "/{job_id}/log",
+    response_model=list[JobEventPublic],
+    summary="State transitions",
+    responses=NOT_FOUND,
+)
 def job_log(job_id: int, session: SessionDep, tenant_id: TenantDep) -> list[JobEvent]:
     get_job(session, tenant_id, job_id)
     return list(
@@ -230,7 +243,12 @@ def job_log(job_id: int, session: SessionDep, tenant_id: TenantDep) -> list[JobE
     )
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPage, summary="Metric history, paged")
+@router.get(
+    "/{job_id}/metrics",
+    response_model=MetricsPage,
+    summary="Metric history, paged",
+    responses=NOT_FOUND,
+)
 def job_metrics(
     job_id: int,
     session: SessionDep,
@@ -238,7 +256,9 @@ def job_metrics(
     keys: Annotated[
         str | None, Query(description="Comma-separated keys, e.g. loss,val/AP; default all.")
     ] = None,
-    since_step: Annotated[int, Query(ge=-1, description="Only steps after this one.")] = -1,
+    since_step: Annotated[
+        int, Query(ge=-1, le=MAX_ROW_ID, description="Only steps after this one.")
+    ] = -1,
     limit: Annotated[int, Query(ge=50, le=10_000)] = 1000,
 ) -> MetricsPage:
     """Metrics with ``step > since_step``, ordered by step; a page never splits a step.
@@ -280,7 +300,12 @@ def _stream_state(
         return job.state, [MetricPublic.model_validate(r) for r in rows], last_id
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse, summary="Live metrics (SSE)")
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    summary="Live metrics (SSE)",
+    responses=NOT_FOUND,
+)
 async def job_events(
     job_id: int, request: Request, tenant_id: TenantDep, _job: OwnedJobDep
 ) -> AsyncIterator[ServerSentEvent]:
@@ -309,7 +334,10 @@ async def job_events(
 
 
 @router.get(
-    "/{job_id}/checkpoints", response_model=list[CheckpointPublic], summary="List checkpoints"
+    "/{job_id}/checkpoints",
+    response_model=list[CheckpointPublic],
+    summary="List checkpoints",
+    responses=NOT_FOUND,
 )
 def list_checkpoints(
     job_id: int, session: SessionDep, tenant_id: TenantDep
@@ -339,7 +367,10 @@ def list_checkpoints(
     "/{job_id}/checkpoints/{name}",
     response_class=FileResponse,
     summary="Download a checkpoint",
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        404: {"description": "No such job of this tenant, or no such checkpoint yet."},
+    },
 )
 def download_checkpoint(
     job_id: int,

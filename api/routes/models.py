@@ -28,6 +28,7 @@ from ae_model.cfg import (
 from api.db.models import ModelConfig
 from api.deps import SessionDep, TenantDep
 from api.schemas import (
+    BAD_JSON,
     MAX_ROW_ID,
     UNAUTHORIZED,
     LayerRowPublic,
@@ -160,7 +161,7 @@ def list_models(
     session: SessionDep,
     tenant_id: TenantDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> Page[ModelPublic]:
     """Bundled cfgs first (by name), then this tenant's uploads, newest first."""
     bundled = [cfg.public() for cfg in _bundled().values()]
@@ -184,7 +185,10 @@ def list_models(
     status_code=status.HTTP_201_CREATED,
     response_model=ModelPublic,
     summary="Upload a darknet cfg",
-    responses={422: {"description": "The cfg does not parse; the detail names the line."}},
+    responses={
+        **BAD_JSON,
+        422: {"description": "The cfg does not parse; the detail names the line."},
+    },
 )
 def create_model(body: ModelCreate, session: SessionDep, tenant_id: TenantDep) -> ModelPublic:
     """Store a darknet cfg after parsing it and checking its shapes at the cfg's own size.
