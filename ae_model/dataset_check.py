@@ -410,7 +410,9 @@ def _check_image(path: Path, rec: _Recorder, **where: Any) -> tuple[int, int] | 
             im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        rec.error(path, f"not a readable image ({error}); replace or remove the file", **where)
+        # PIL names the file by its full path: a server's staging folder is nobody's business.
+        reason = str(error).replace(str(path), path.name)
+        rec.error(path, f"not a readable image ({reason}); replace or remove the file", **where)
         return None
     return size
 

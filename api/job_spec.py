@@ -123,7 +123,9 @@ class JobCreate(StrictModel):
     @classmethod
     def _model_ref(cls, value: str | int) -> str | int:
         # GET /v1/models gives an upload's `ref` as a string of digits: the same model as the id.
-        return int(value) if isinstance(value, str) and value.isdigit() else value
+        return (
+            int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
+        )
 
     @field_validator("device")
     @classmethod

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=15.0, gt=0)
     # Per tenant, jobs queued or running at once: one tenant cannot fill every worker's queue.
     max_active_jobs: int = Field(default=100, gt=0)
+    # Per image, at the size it trains at: a budget against cfgs no worker could train
+    # (yolov3 at 608x608 is 141 BFLOPs; darknet53 at 1024x1024 about 460).
+    max_bflops: float = Field(default=1000.0, gt=0)
 
     @field_validator("home")
     @classmethod

@@ -132,7 +132,7 @@ def create_comparison(
                 ],
             ) from error
         if index < len(body.arms):  # each arm's spec checked once; seeds do not change it
-            check_job_spec(session, tenant_id, job_spec)
+            check_job_spec(session, tenant_id, job_spec, request.app.state.settings.max_bflops)
         runs.append((arm, seed, job_spec))
     check_active_jobs(request, session, tenant_id, len(runs))
     row = Comparison(tenant_id=tenant_id, name=body.name, spec=body.model_dump(mode="json"))

@@ -12,7 +12,14 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ae_model.cfg import CfgError, DarknetConfig, bundled_cfg_path, load_cfg, parse_cfg
+from ae_model.cfg import (
+    CfgError,
+    DarknetConfig,
+    LayerRow,
+    bundled_cfg_path,
+    load_cfg,
+    parse_cfg,
+)
 from api.db.models import (
     TERMINAL_STATES,
     Checkpoint,
@@ -89,20 +96,38 @@ def _model_cfg(session: Session, tenant_id: int, model: str | int) -> DarknetCon
         raise _unprocessable(["model"], str(error)) from error
 
 
-def _check_ae(spec: JobCreate, cfg: DarknetConfig) -> None:
+def _check_size(spec: JobCreate, cfg: DarknetConfig, max_bflops: float) -> list[LayerRow]:
+    """The layer table at the training size; 422 when the network does not fit that size or
+    passes the compute budget."""
+    width = spec.train.width or cfg.net.width
+    height = spec.train.height or cfg.net.height
+    try:
+        rows = cfg.layer_table(width, height)
+    except CfgError as error:
+        raise _unprocessable(["train", "width"], f"at {width}x{height}: {error}") from error
+    total = sum(row.bflops for row in rows)
+    if total > max_bflops:
+        raise _unprocessable(
+            ["model"],
+            f"the network needs {total:.0f} BFLOPs per image at {width}x{height}, over this "
+            f"server's budget of {max_bflops:g}; train at a smaller size or a smaller cfg",
+        )
+    return rows
+
+
+def _check_ae(spec: JobCreate, cfg: DarknetConfig, rows: list[LayerRow]) -> None:
     """AE layers must exist; a stride must be one the network has (at the training size)."""
     if spec.ae is None:
         return
     layers = spec.ae.layers
     count = len(cfg.sections)
     if isinstance(layers, StrideSpec):
-        width = spec.train.width or cfg.net.width
-        height = spec.train.height or cfg.net.height
-        strides = sorted({row.out_stride for row in cfg.layer_table(width, height)})
+        strides = sorted({row.out_stride for row in rows})
         if layers.stride not in strides:
+            shown = ", ".join(f"{stride:g}" for stride in strides)
             raise _unprocessable(
                 ["ae", "layers", "stride"],
-                f"no layer has output stride {layers.stride}; this network has strides {strides}",
+                f"no layer has output stride {layers.stride}; this network has strides {shown}",
             )
         return
     for index in [layers] if isinstance(layers, int) else layers:
@@ -112,8 +137,9 @@ def _check_ae(spec: JobCreate, cfg: DarknetConfig) -> None:
             )
 
 
-def check_job_spec(session: Session, tenant_id: int, body: JobCreate) -> None:
-    """422 unless the dataset is the tenant's and ready, the model exists and AE fits it."""
+def check_job_spec(session: Session, tenant_id: int, body: JobCreate, max_bflops: float) -> None:
+    """422 unless the dataset is the tenant's and ready, the model exists, fits the training
+    size and the compute budget, and AE fits it."""
     dataset = session.scalar(
         select(Dataset).where(Dataset.id == body.dataset_id, Dataset.tenant_id == tenant_id)
     )
@@ -121,7 +147,8 @@ def check_job_spec(session: Session, tenant_id: int, body: JobCreate) -> None:
         raise _unprocessable(["dataset_id"], f"no dataset {body.dataset_id}; see GET /v1/datasets")
     if dataset.status != "ready":
         raise _unprocessable(["dataset_id"], f"dataset {dataset.id} is {dataset.status}, not ready")
-    _check_ae(body, _model_cfg(session, tenant_id, body.model))
+    cfg = _model_cfg(session, tenant_id, body.model)
+    _check_ae(body, cfg, _check_size(body, cfg, max_bflops))
 
 
 def enqueue(celery: Any, session: Session, queued: Sequence[Job]) -> None:
@@ -177,7 +204,7 @@ def create_job(body: JobCreate, request: Request, session: SessionDep, tenant_id
     The job trains on a worker consuming ``queue``; follow it with GET /v1/jobs/{id}, its
     metrics, or the SSE stream at /v1/jobs/{id}/events.
     """
-    check_job_spec(session, tenant_id, body)
+    check_job_spec(session, tenant_id, body, request.app.state.settings.max_bflops)
     check_active_jobs(request, session, tenant_id, 1)
     job = Job(
         tenant_id=tenant_id, spec=body.model_dump(mode="json"), queue=body.queue, seed=body.seed

@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import func, select
 
 from ae_model.cfg import (
@@ -190,7 +190,9 @@ def list_models(
         422: {"description": "The cfg does not parse; the detail names the line."},
     },
 )
-def create_model(body: ModelCreate, session: SessionDep, tenant_id: TenantDep) -> ModelPublic:
+def create_model(
+    body: ModelCreate, request: Request, session: SessionDep, tenant_id: TenantDep
+) -> ModelPublic:
     """Store a darknet cfg after parsing it and checking its shapes at the cfg's own size.
     Unknown keys are accepted and listed in ``warnings``; unknown sections and bad values are
     refused with the line at fault."""
@@ -198,6 +200,15 @@ def create_model(body: ModelCreate, session: SessionDep, tenant_id: TenantDep) -
         config, messages = _parse(body.cfg, f"{body.name}.cfg")
     except CfgError as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    bflops = sum(row.bflops for row in config.layer_table())
+    budget = request.app.state.settings.max_bflops
+    if bflops > budget:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{body.name}.cfg needs {bflops:.0f} BFLOPs per image at its own size "
+            f"{config.net.width}x{config.net.height}, over this server's budget of {budget:g}; "
+            "use fewer or smaller layers or a smaller [net] width/height",
+        )
     row = ModelConfig(tenant_id=tenant_id, name=body.name, cfg_text=body.cfg)
     session.add(row)
     session.commit()

@@ -108,3 +108,30 @@ def test_epochs_or_max_batches(client: TestClient, auth: dict[str, str]) -> None
     assert both.status_code == 422 and "give max_batches or epochs, not both" in both.text
     body["train"] = {"epochs": 0}
     assert "greater than 0" in client.post("/v1/jobs", json=body, headers=auth).text
+
+
+def test_a_training_size_the_cfg_cannot_take_is_422_not_500(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    # Four 2x2 maxpools then an unpadded 3x3 convolution: fine at 64 px, impossible at 32.
+    text = "[net]\nwidth=64\nheight=64\nchannels=3\n\n" + "[maxpool]\nsize=2\nstride=2\n\n" * 4
+    text += "[convolutional]\nfilters=8\nsize=3\nstride=1\npad=0\n"
+    model = client.post("/v1/models", json={"name": "small", "cfg": text}, headers=auth).json()
+    data = settings.home / "shapes"
+    generate_dataset("shapes", data, train=4, val=2, size=96, seed=0, min_scale=0.1)
+    with _session(settings) as session:
+        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
+        dataset = Dataset(tenant_id=tenant, name="s", path=str(data), class_names=[])
+        session.add(dataset)
+        session.commit()
+        dataset_id = dataset.id
+    body = {"model": model["id"], "dataset_id": dataset_id,
+            "ae": {"layers": {"stride": 16}}, "train": {"width": 32, "height": 32}}  # fmt: skip
+    for url, payload in (
+        ("/v1/jobs", body),
+        ("/v1/comparisons", {"base": body, "arms": [{"name": "a"}, {"name": "b", "ae": None}]}),
+    ):
+        response = client.post(url, json=payload, headers=auth)
+        assert response.status_code == 422, response.text
+        assert "at 32x32: small:" in response.text and "too small for size=3" in response.text
+    assert client.get("/v1/jobs", headers=auth).json()["count"] == 0
