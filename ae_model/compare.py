@@ -354,13 +354,22 @@ def format_table(summary: ComparisonSummary) -> str:
 
 
 def _left_out_notes(summary: ComparisonSummary) -> list[str]:
-    """One line per arm, seed and reason: the metrics that seed was left out of."""
+    """One line per metric that no run has (APl on a set without large objects, say), then
+    one line per arm, seed and reason: the other metrics that seed was left out of."""
     notes = []
+    undefined = set()
+    for metric, m in summary.per_metric.items():
+        if all(stats.n == 0 for stats in m.arms.values()):
+            undefined.add(metric)
+            reasons = sorted({r for stats in m.arms.values() for r in stats.missing.values()})
+            notes.append(f"{metric}: no value in any run ({'; '.join(reasons) or 'not reported'})")
     for arm in summary.arms:
         if arm == summary.reference:
             continue
         grouped: dict[tuple[int, str], list[str]] = {}
         for metric, m in summary.per_metric.items():
+            if metric in undefined:
+                continue
             for seed, reason in m.differences[arm].unpaired.items():
                 grouped.setdefault((seed, reason), []).append(metric)
         for (seed, reason), metrics in sorted(grouped.items()):

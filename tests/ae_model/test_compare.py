@@ -178,6 +178,17 @@ def test_minus_one_is_missing_not_a_value() -> None:
     assert summary.per_metric["AP"].differences["AE"].n == 4
 
 
+def test_a_metric_no_run_has_is_one_note_not_one_per_seed() -> None:
+    none = {0: -1.0, 1: -1.0, 2: -1.0}
+    summary = summarize(
+        [arm("baseline", REF, APl=none), arm("AE", {0: 0.31, 1: 0.27, 2: 0.29}, APl=none)],
+        "baseline",
+    )
+    lines = format_table(summary).splitlines()
+    assert "APl: no value in any run (-1 (COCOeval: no objects of that size))" in lines
+    assert not [line for line in lines if "left out" in line]
+
+
 def test_single_seed_cannot_tell() -> None:
     summary = summarize([arm("baseline", {0: 0.30}), arm("AE", {0: 0.31})], "baseline")
     d = summary.per_metric["AP"].differences["AE"]
