@@ -103,6 +103,7 @@ def serve(
     embedded_worker: bool = typer.Option(
         True, help="With the embedded broker, also run a worker process (stopped on exit)."
     ),
+    workers: int = typer.Option(1, min=1, help="API processes (one per CPU core serves most)."),
 ) -> None:
     """Run the HTTP API. With nothing configured it runs embedded: SQLite, a file-system broker
     and a worker process, all under AETRAIN_HOME; the first start creates an API key."""
@@ -132,7 +133,10 @@ def serve(
     # `finally` below stop the worker instead of killing this process on the spot.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port)
+        if workers == 1:
+            uvicorn.run(create_app(settings), host=host, port=port)
+        else:  # each process builds the same app from the environment's settings
+            uvicorn.run("api.main:app", host=host, port=port, workers=workers)
     finally:
         if child is not None:
             _stop_worker(child)

@@ -51,7 +51,8 @@ class MetricPublic(BaseModel):
     step: int
     epoch: float | None
     """Passes over the training images at this step: ``step * batch / training images``."""
-    value: float
+    value: float | None
+    """Null where the value is not finite (a loss that became NaN): JSON has no NaN."""
     at: UtcDatetime
 
 

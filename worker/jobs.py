@@ -3,6 +3,7 @@
 Shared by the worker (which trains) and the API (which cancels); each function commits.
 """
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -247,8 +248,12 @@ def metric_rows(
     epoch: float | None = None,
     skip: Iterable[str] = ("iteration",),
 ) -> list[MetricRow]:
+    """Rows of one step's metrics. Non-finite values are left out: SQLite cannot store NaN
+    (it reads as NULL), and a loss that became non-finite is in the job's failure reason."""
     now = utcnow()
     skipped = set(skip)
     return [
-        (prefix + k, step, epoch, float(v), now) for k, v in metrics.items() if k not in skipped
+        (prefix + k, step, epoch, float(v), now)
+        for k, v in metrics.items()
+        if k not in skipped and math.isfinite(v)
     ]

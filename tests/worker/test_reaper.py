@@ -105,3 +105,10 @@ def test_a_worker_taken_for_dead_learns_it_and_cannot_record_an_outcome(session:
     assert job_ops.finish_job(session, slow, JobState.cancelled, worker="host:43")
     job = _state(session, slow)
     assert (job.state, job.iteration) == (JobState.cancelled, 4)
+
+
+def test_non_finite_metric_values_are_not_stored(session: Session) -> None:
+    job_id = _running(session, timedelta(0))
+    rows = job_ops.metric_rows(7, {"loss": float("nan"), "lr": 0.01, "x": float("inf")})
+    assert [(key, step) for key, step, *_ in rows] == [("lr", 7)]
+    job_ops.insert_metrics(session, job_id, rows)  # SQLite would refuse a NaN as NULL

@@ -10,6 +10,7 @@ from ae_model.cfg import bundled_cfg_path
 from ae_model.datasets import generate_dataset
 from api.db import Tenant, make_engine, make_session_factory
 from api.db.models import Dataset, Job, Metric
+from api.job_schemas import MetricsPage
 from api.main import create_app
 from api.settings import Settings
 
@@ -50,7 +51,7 @@ def test_a_metrics_page_never_splits_a_step(
         session.flush()
         per_step = {1: 3, 2: 80, 3: 3}  # step 2: an evaluation with one AP per class
         session.add_all(
-            Metric(job_id=job.id, key=f"k{i:03d}", step=step, value=float(i))
+            Metric(job_id=job.id, key=f"k{i:03d}", step=step, epoch=step / 4, value=float(i))
             for step, n in per_step.items()
             for i in range(n)
         )
@@ -61,8 +62,10 @@ def test_a_metrics_page_never_splits_a_step(
         page = client.get(
             f"/v1/jobs/{job_id}/metrics?limit=50&since_step={since}", headers=auth
         ).json()
+        MetricsPage.model_validate(page)  # the documented schema, exactly
         steps = [m["step"] for m in page["data"]]
         assert steps and page["count"] == len(steps)
+        assert all(m["at"].endswith("Z") and m["epoch"] == m["step"] / 4 for m in page["data"])
         steps_seen += steps
         since, pages = page["next_since_step"], pages + 1
     assert pages == 3

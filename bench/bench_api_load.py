@@ -1,0 +1,248 @@
+"""HTTP load on the API and metric ingest into the database, loopback only.
+
+Two measurements, each bounded in time and count:
+
+1. **Metrics polling.** A real ``aetrain serve`` (uvicorn, no worker) on a fresh database;
+   one job with ``--steps`` steps of metric rows. ``--clients`` asyncio clients each poll
+   ``GET /v1/jobs/{id}/metrics?limit=1000`` (a 1,000-point page) every ``--poll-s`` seconds
+   for ``--duration-s`` seconds, while ``--submitters`` clients submit jobs (queued; no worker
+   runs). Prints latency p50/p90/p99/max per request kind and the throughput.
+2. **Metric ingest.** What a worker's flush does: ``worker.jobs.insert_metrics`` in batches
+   of ``--batch-rows`` rows, for ``--ingest-rows`` rows; prints rows per second.
+
+    python bench/bench_api_load.py --database postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python bench/bench_api_load.py            # SQLite, the embedded default
+
+With a PostgreSQL URL the bench creates and drops a database of its own next to the one named.
+"""
+
+import argparse
+import asyncio
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from api.auth import create_tenant_with_key
+from api.db import Tenant, make_engine, make_session_factory
+from api.db.models import Dataset, Job, utcnow
+from api.migrate import upgrade
+from worker import jobs as job_ops
+
+METRIC_KEYS = ("loss", "loss_box", "loss_obj", "loss_cls", "lr", "ae_alpha", "images_per_s")
+
+
+@contextmanager
+def database(url: str | None, home: Path) -> Iterator[str]:
+    """A fresh, migrated database: a new PostgreSQL database beside ``url``, or SQLite."""
+    if url is None:
+        fresh = f"sqlite:///{home / 'aetrain.db'}"
+        upgrade(fresh)
+        yield fresh
+        return
+    name = f"aetrain_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    fresh = make_url(url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(fresh)
+        yield fresh
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def seed(url: str, home: Path, steps: int) -> tuple[str, int, int]:
+    """An API key, a ready dataset row and a job with ``steps`` steps of metrics."""
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        key = create_tenant_with_key(session, "bench").key
+        tenant = session.scalars(select(Tenant.id)).one()
+        dataset = Dataset(tenant_id=tenant, name="bench", path=str(home), class_names=[])
+        job = Job(tenant_id=tenant, spec={})
+        session.add_all([dataset, job])
+        session.commit()
+        now = utcnow()
+        rows = [
+            (k, step, None, 1.0 / step, now) for step in range(1, steps + 1) for k in METRIC_KEYS
+        ]
+        for start in range(0, len(rows), 10_000):
+            job_ops.insert_metrics(session, job.id, rows[start : start + 10_000])
+        ids = dataset.id, job.id
+    engine.dispose()
+    return key, *ids
+
+
+def ingest(url: str, total_rows: int, batch_rows: int) -> float:
+    """Rows per second through ``insert_metrics`` (one transaction per batch)."""
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        tenant = session.scalars(select(Tenant.id)).one()
+        job = Job(tenant_id=tenant, spec={})
+        session.add(job)
+        session.commit()
+        now = utcnow()
+        steps = total_rows // len(METRIC_KEYS)
+        rows = [(k, step, None, 0.5, now) for step in range(1, steps + 1) for k in METRIC_KEYS]
+        start = time.perf_counter()
+        for first in range(0, len(rows), batch_rows):
+            job_ops.insert_metrics(session, job.id, rows[first : first + batch_rows])
+        seconds = time.perf_counter() - start
+    engine.dispose()
+    return len(rows) / seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(url: str, home: Path, workers: int) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AETRAIN_")}
+    env.update(AETRAIN_HOME=str(home), DATABASE_URL=url, AETRAIN_MAX_ACTIVE_JOBS="1000000")
+    log = (home / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--no-embedded-worker",
+         "--workers", str(workers)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start; see {home / 'serve.log'}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # still answering a backlog of queued requests
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def load(
+    base: str, key: str, job_id: int, dataset_id: int, args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Latencies (s) of the answered requests per kind, and the count that got no answer
+    within the client's timeout; a non-2xx answer aborts the bench."""
+    latencies: dict[str, list[float]] = {"metrics page": [], "submit job": []}
+    failures = dict.fromkeys(latencies, 0)
+    headers = {"Authorization": f"Bearer {key}"}
+    end = time.monotonic() + args.duration_s
+    limits = httpx.Limits(max_connections=args.clients + args.submitters)
+    timeout = httpx.Timeout(args.timeout_s)
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=limits, timeout=timeout
+    ) as c:
+
+        async def poller(offset: float) -> None:
+            await asyncio.sleep(offset)  # spread the clients over one polling period
+            while time.monotonic() < end:
+                start = time.perf_counter()
+                try:
+                    r = await c.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 1000})
+                    assert r.status_code == 200 and r.json()["count"] >= 990, r.text[:200]
+                    latencies["metrics page"].append(time.perf_counter() - start)
+                except httpx.TransportError:  # timed out or refused: the server is saturated
+                    failures["metrics page"] += 1
+                await asyncio.sleep(max(0.0, args.poll_s - (time.perf_counter() - start)))
+
+        async def submitter() -> None:
+            body = {"model": "yolov3-tiny-small", "dataset_id": dataset_id}
+            while time.monotonic() < end:
+                start = time.perf_counter()
+                try:
+                    r = await c.post("/v1/jobs", json=body)
+                    assert r.status_code == 201, r.text[:200]
+                    latencies["submit job"].append(time.perf_counter() - start)
+                except httpx.TransportError:
+                    failures["submit job"] += 1
+                await asyncio.sleep(args.submit_every_s)
+
+        await asyncio.gather(
+            *(poller(args.poll_s * i / args.clients) for i in range(args.clients)),
+            *(submitter() for _ in range(args.submitters)),
+        )
+    return latencies, failures
+
+
+def percentile(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--database", help="PostgreSQL URL (default: SQLite)")
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--api-workers", type=int, default=1, help="aetrain serve --workers")
+    parser.add_argument("--poll-s", type=float, default=1.0, help="each client's polling period")
+    parser.add_argument("--submitters", type=int, default=2)
+    parser.add_argument("--submit-every-s", type=float, default=0.5)
+    parser.add_argument("--duration-s", type=float, default=30.0)
+    parser.add_argument("--timeout-s", type=float, default=5.0, help="client timeout per request")
+    parser.add_argument("--steps", type=int, default=2000, help="metric steps stored for the job")
+    parser.add_argument("--ingest-rows", type=int, default=200_000)
+    parser.add_argument("--batch-rows", type=int, default=2000, help="rows per worker flush")
+    args = parser.parse_args()
+    print(f"command: python {shlex.join(sys.argv)}")
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
+        home = Path(tmp)
+        kind = make_url(url).get_backend_name()
+        key, dataset_id, job_id = seed(url, home, args.steps)
+        rate = ingest(url, args.ingest_rows, args.batch_rows)
+        print(f"\ningest ({kind}): {args.ingest_rows:,} rows in batches of {args.batch_rows:,}: "
+              f"{rate:,.0f} rows/s")  # fmt: skip
+        with server(url, home, args.api_workers) as base:
+            start = time.monotonic()
+            latencies, failures = asyncio.run(load(base, key, job_id, dataset_id, args))
+            wall = time.monotonic() - start
+    print(f"\nload ({kind}, {args.api_workers} API process(es)): {args.clients} clients "
+          f"polling a 1,000-point metrics page every {args.poll_s:g} s, {args.submitters} "
+          f"submitting a job every {args.submit_every_s:g} s, for {wall:.0f} s")  # fmt: skip
+    print(f"{'request':<14} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8} {'no answer':>10}")  # fmt: skip
+    for name, values in latencies.items():
+        ms = [1000 * v for v in values]
+        print(f"{name:<14} {len(ms):>7} {len(ms) / wall:>7.1f} {percentile(ms, 50):>8.1f} "
+              f"{percentile(ms, 90):>8.1f} {percentile(ms, 99):>8.1f} {max(ms):>8.1f} "
+              f"{failures[name]:>10}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
