@@ -52,18 +52,36 @@ class Client:
         return target
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
 
 
+def wait_until_serving(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Return once ``base/v1/health`` answers 200; RuntimeError naming ``log`` when ``proc``
+    exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited; see {log}")
+        try:
+            if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start in {timeout:.0f} s; see {log}")
+        time.sleep(0.3)
+
+
 @contextmanager
 def embedded_server(settings: Settings, log: Path, timeout: float = 120) -> Iterator[Client]:
     """Run ``aetrain serve`` (API + worker, SQLite + file broker under ``settings.home``) in a
     child process for the duration of the block; yields a client with the local API key."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AETRAIN_HOME": str(settings.home)}
     for name in ("DATABASE_URL", "AETRAIN_DATABASE_URL", "CELERY_BROKER_URL", "AETRAIN_BROKER_URL"):
         env.pop(name, None)
@@ -75,20 +93,7 @@ def embedded_server(settings: Settings, log: Path, timeout: float = 120) -> Iter
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the embedded server exited; see {log}")
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the embedded server did not start in {timeout:.0f} s; see {log}"
-                )
-            time.sleep(0.3)
+        wait_until_serving(base, proc, log, timeout)
         key = (settings.home / "api_key").read_text().strip()
         yield Client(base, key)
     finally:

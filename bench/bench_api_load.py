@@ -21,7 +21,6 @@ import asyncio
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from api.auth import create_tenant_with_key
+from api.client import free_port, wait_until_serving
 from api.db import Tenant, make_engine, make_session_factory
 from api.db.models import Dataset, Job, utcnow
 from api.migrate import upgrade
@@ -109,13 +109,6 @@ def ingest(url: str, total_rows: int, batch_rows: int) -> float:
     return len(rows) / seconds
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def server(url: str, home: Path, workers: int) -> Iterator[str]:
     port = free_port()
@@ -129,16 +122,7 @@ def server(url: str, home: Path, workers: int) -> Iterator[str]:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start; see {home / 'serve.log'}")
-            time.sleep(0.3)
+        wait_until_serving(base, proc, home / "serve.log", 60)
         yield base
     finally:
         proc.terminate()

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,20 +54,27 @@ def postgres_admin_url() -> str:
     return _server_url(POSTGRES_ENV, DEFAULT_POSTGRES_URL, 5432, "PostgreSQL")
 
 
-@pytest.fixture
-def postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
-    name = f"aetrain_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def fresh_postgres_database(admin_url: str, prefix: str = "aetrain_test") -> Iterator[str]:
+    """The URL of a new, empty database beside ``admin_url``'s; dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     # pre_ping: a test may restart the server, leaving pooled connections dead.
-    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    with fresh_postgres_database(postgres_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,19 @@
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from api.auth import create_tenant_with_key
-from api.db import make_engine, make_session_factory
+from api.db import Tenant, make_engine, make_session_factory
+from api.db.models import Dataset
 from api.main import create_app
 from api.migrate import upgrade
+from api.routes.datasets import UploadLimits, get_upload_limits
 from api.settings import Settings
 
 
@@ -53,3 +58,31 @@ def auth(settings: Settings) -> dict[str, str]:
 def other_auth(settings: Settings) -> dict[str, str]:
     """Headers of tenant "mallory", who must see nothing of alice's."""
     return _key(settings, "mallory")
+
+
+@pytest.fixture
+def limits(client: TestClient) -> Iterator[dict[str, Any]]:
+    """Upload limits for one test: ``limits.update(max_upload_bytes=...)`` before sending."""
+    values: dict[str, Any] = {}
+    app = cast(FastAPI, client.app)
+    app.dependency_overrides[get_upload_limits] = lambda: UploadLimits(**values)
+    yield values
+    app.dependency_overrides.pop(get_upload_limits, None)
+
+
+def ready_dataset(settings: Settings, tenant: str, **fields: Any) -> int:
+    """A ready dataset row of ``tenant``: enough for requests the API answers without reading
+    the data (no worker runs)."""
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        with make_session_factory(engine)() as session:
+            tenant_id = session.scalars(select(Tenant.id).where(Tenant.name == tenant)).one()
+            row = Dataset(tenant_id=tenant_id, **{
+                "name": "seeded", "path": str(settings.home / "nowhere"), "class_names": [],
+                **fields,
+            })  # fmt: skip
+            session.add(row)
+            session.commit()
+            return row.id
+    finally:
+        engine.dispose()

@@ -3,13 +3,13 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from api.client import free_port, wait_until_serving
 
 AETRAIN = str(Path(sys.executable).parent / "aetrain")
 
@@ -18,13 +18,6 @@ def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AETRAIN_", "DATABASE_URL"))}
     env.pop("CELERY_BROKER_URL", None)
     return {**env, "AETRAIN_HOME": str(home)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _processes_with_home(home: Path) -> list[int]:
@@ -43,7 +36,7 @@ def _processes_with_home(home: Path) -> list[int]:
 
 
 def test_serve_embedded_migrates_creates_a_key_and_runs_a_worker(tmp_path: Path) -> None:
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [AETRAIN, "serve", "--port", str(port)], env=_env(home), stdout=log,
@@ -51,15 +44,7 @@ def test_serve_embedded_migrates_creates_a_key_and_runs_a_worker(tmp_path: Path)
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError((tmp_path / "serve.log").read_text())
+        wait_until_serving(base, proc, tmp_path / "serve.log", 60)
         key = (home / "api_key").read_text().strip()
         assert oct((home / "api_key").stat().st_mode)[-3:] == "600"
         jobs = httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key}"})

@@ -4,29 +4,22 @@ body. Jobs stay queued (the server runs without a worker); dataset generation is
 because a valid request can ask for minutes of image rendering."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from api.client import free_port, wait_until_serving
+from tests.conftest import fresh_postgres_database
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,response_schema_conformance,"
     "content_type_conformance"
 )
 SCHEMATHESIS = str(Path(sys.executable).parent / "st")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -46,7 +39,7 @@ def server(
             [*aetrain, "keys", "create", "fuzz"], env=env, check=True, capture_output=True,
             text=True,
         ).stdout.strip()  # fmt: skip
-    port = _free_port()
+    port = free_port()
     log = (home / "serve.log").open("wb")
     proc = subprocess.Popen(
         [*aetrain, "serve", "--port", str(port), "--no-embedded-worker"],
@@ -54,15 +47,7 @@ def server(
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (home / "serve.log").read_text()
-            time.sleep(0.3)
+        wait_until_serving(base, proc, home / "serve.log", 60)
         if request.param == "sqlite":
             key = (home / "api_key").read_text().strip()
         yield {"base": base, "headers": f"Authorization: Bearer {key}", "home": home}
@@ -75,21 +60,8 @@ def server(
 @pytest.fixture(scope="module")
 def postgres_module_url(postgres_admin_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this module's server; dropped afterwards."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"aetrain_fuzz_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database(postgres_admin_url, "aetrain_fuzz") as url:
+        yield url
 
 
 def test_no_server_error_and_every_answer_is_documented(server: dict[str, Any]) -> None:

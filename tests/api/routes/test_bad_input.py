@@ -11,20 +11,15 @@ import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
 from ae_model.cfg import bundled_cfg_path
-from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Dataset
-from api.routes.datasets import UploadLimits, get_upload_limits
 from api.settings import Settings
 from tests.ae_model.test_dataset_check import (
     Files,
@@ -35,6 +30,7 @@ from tests.ae_model.test_dataset_check import (
     zip_bytes,
     zip_with_member,
 )
+from tests.api.conftest import ready_dataset
 from tests.conftest import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "bad_input.md"
@@ -368,29 +364,7 @@ CASES = [
 @pytest.fixture
 def dataset_id(settings: Settings, auth: dict[str, str]) -> int:
     """A ready dataset of alice's, as a row only: jobs are refused before anything reads it."""
-    engine = make_engine(settings.resolved_database_url())
-    try:
-        with make_session_factory(engine)() as session:
-            tenant = session.execute(select(Tenant.id).where(Tenant.name == "alice")).scalar_one()
-            row = Dataset(
-                tenant_id=tenant, name="seeded", path=str(settings.home / "nowhere"),
-                class_names=["cat", "dog"], num_train=2, num_val=1,
-            )  # fmt: skip
-            session.add(row)
-            session.commit()
-            return row.id
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture
-def limits(client: TestClient) -> Iterator[dict[str, Any]]:
-    """Upload limits for one request: fill the dict before sending."""
-    values: dict[str, Any] = {}
-    app = cast(FastAPI, client.app)
-    app.dependency_overrides[get_upload_limits] = lambda: UploadLimits(**values)
-    yield values
-    app.dependency_overrides.pop(get_upload_limits, None)
+    return ready_dataset(settings, "alice", class_names=["cat", "dog"], num_train=2, num_val=1)
 
 
 def _fill(value: Any, dataset_id: int) -> Any:

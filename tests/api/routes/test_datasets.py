@@ -3,16 +3,13 @@
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from ae_model.dataset_check import check_dataset
-from api.routes.datasets import UploadLimits, get_upload_limits
 from api.settings import Settings
 from tests.ae_model.test_dataset_check import (
     Files,
@@ -37,16 +34,6 @@ def assert_nothing_stored(client: TestClient, auth: dict[str, str], settings: Se
     assert client.get("/v1/datasets", headers=auth).json() == {"data": [], "count": 0}
     datasets_dir = settings.artifacts_dir / "datasets"
     assert not datasets_dir.exists() or not any(datasets_dir.iterdir())
-
-
-@pytest.fixture
-def limits(client: TestClient) -> Iterator[dict[str, Any]]:
-    """Set upload limits for one test: ``limits.update(max_upload_bytes=...)``."""
-    values: dict[str, Any] = {}
-    app = cast(FastAPI, client.app)
-    app.dependency_overrides[get_upload_limits] = lambda: UploadLimits(**values)
-    yield values
-    app.dependency_overrides.clear()
 
 
 def test_upload_coco_zip(client: TestClient, auth: dict[str, str], settings: Settings) -> None:

@@ -7,12 +7,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ae_model.cfg import bundled_cfg_path
-from ae_model.datasets import generate_dataset
 from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Dataset, Job, Metric
+from api.db.models import Job, Metric
 from api.job_schemas import MetricsPage
 from api.main import create_app
 from api.settings import Settings
+from tests.api.conftest import ready_dataset
 
 
 def _session(settings: Settings) -> Session:
@@ -27,14 +27,7 @@ def test_an_uploaded_models_ref_string_names_the_same_model(
     assert uploaded.status_code == 201, uploaded.text
     ref = uploaded.json()["ref"]
     assert isinstance(ref, str) and ref.isdigit()
-    data = settings.home / "shapes"
-    generate_dataset("shapes", data, train=4, val=2, size=96, seed=0, min_scale=0.1)
-    with _session(settings) as session:
-        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
-        dataset = Dataset(tenant_id=tenant, name="s", path=str(data), class_names=[])
-        session.add(dataset)
-        session.commit()
-        dataset_id = dataset.id
+    dataset_id = ready_dataset(settings, "alice")
     job = client.post("/v1/jobs", json={"model": ref, "dataset_id": dataset_id}, headers=auth)
     assert job.status_code == 201, job.text
     # Stored as the id, so the worker looks up the upload rather than a bundled cfg named "1".
@@ -75,16 +68,7 @@ def test_a_metrics_page_never_splits_a_step(
 def test_a_tenant_has_a_limit_on_jobs_queued_or_running(
     settings: Settings, auth: dict[str, str], other_auth: dict[str, str]
 ) -> None:
-    data = settings.home / "shapes"
-    generate_dataset("shapes", data, train=4, val=2, size=96, seed=0, min_scale=0.1)
-    ids = {}
-    with _session(settings) as session:
-        for name in ("alice", "mallory"):
-            tenant = session.scalars(select(Tenant.id).where(Tenant.name == name)).one()
-            dataset = Dataset(tenant_id=tenant, name="s", path=str(data), class_names=[])
-            session.add(dataset)
-            session.commit()
-            ids[name] = dataset.id
+    ids = {name: ready_dataset(settings, name) for name in ("alice", "mallory")}
     limited = settings.model_copy(update={"max_active_jobs": 2})
     with TestClient(create_app(limited)) as client:  # no worker: jobs stay queued
 
@@ -120,14 +104,7 @@ def test_a_training_size_the_cfg_cannot_take_is_422_not_500(
     text = "[net]\nwidth=64\nheight=64\nchannels=3\n\n" + "[maxpool]\nsize=2\nstride=2\n\n" * 4
     text += "[convolutional]\nfilters=8\nsize=3\nstride=1\npad=0\n"
     model = client.post("/v1/models", json={"name": "small", "cfg": text}, headers=auth).json()
-    data = settings.home / "shapes"
-    generate_dataset("shapes", data, train=4, val=2, size=96, seed=0, min_scale=0.1)
-    with _session(settings) as session:
-        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
-        dataset = Dataset(tenant_id=tenant, name="s", path=str(data), class_names=[])
-        session.add(dataset)
-        session.commit()
-        dataset_id = dataset.id
+    dataset_id = ready_dataset(settings, "alice")
     body = {"model": model["id"], "dataset_id": dataset_id,
             "ae": {"layers": {"stride": 16}}, "train": {"width": 32, "height": 32}}  # fmt: skip
     for url, payload in (
