@@ -13,6 +13,7 @@ gradient, schedules, placement) is in docs/assisted_excitation.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -409,22 +410,17 @@ def attach_excitation(
         burn_in = model.net.burn_in
     if max_batches is None and model.net.max_batches > 0:
         max_batches = model.net.max_batches
+    # Settings both placements share; each adds its schedule, length and layer.
+    excitation = functools.partial(
+        AssistedExcitation, context, alpha_max=alpha_max, mode=mode, detach=detach,
+        burn_in=burn_in, max_batches=max_batches,
+    )  # fmt: skip
     modules: dict[int, AssistedExcitation] = {}
     if from_cfg:
         for index, section in enumerate(model.sections):
             n = _cfg_excitation(section)
             if n > 0:
-                modules[index] = AssistedExcitation(
-                    context,
-                    "darknet",
-                    n,
-                    alpha_max=alpha_max,
-                    mode=mode,
-                    detach=detach,
-                    burn_in=burn_in,
-                    max_batches=max_batches,
-                    layer_index=index,
-                )
+                modules[index] = excitation("darknet", n, layer_index=index)
     if spec is not None:
         if T is None:
             if max_batches is None:
@@ -433,17 +429,7 @@ def attach_excitation(
         width = model.net.width if width is None else width
         height = model.net.height if height is None else height
         for index in resolve_layers(model, spec, width, height):
-            modules[index] = AssistedExcitation(
-                context,
-                schedule,
-                T,
-                alpha_max=alpha_max,
-                mode=mode,
-                detach=detach,
-                burn_in=burn_in,
-                max_batches=max_batches,
-                layer_index=index,
-            )
+            modules[index] = excitation(schedule, T, layer_index=index)
     for index, module in modules.items():
         model.excitations[str(index)] = module
     return sorted(modules)
