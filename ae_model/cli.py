@@ -163,6 +163,12 @@ def train(
         int, typer.Option(help="Evaluate every N iterations (0: at the end).")
     ] = 0,
     checkpoint_interval: Annotated[int, typer.Option()] = 100,
+    nan_rollbacks: Annotated[
+        int, typer.Option(min=0, help="On a NaN loss, back to the last checkpoint, N times.")
+    ] = 0,
+    nan_lr_factor: Annotated[
+        float, typer.Option(help="Learning rate times this after each rollback.")
+    ] = 0.1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 2,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint.")] = None,
@@ -177,6 +183,7 @@ def train(
         batch=batch, subdivisions=subdivisions, learning_rate=learning_rate, burn_in=burn_in,
         width=width, height=height, multiscale=multiscale, device=device, workers=workers,
         eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
+        nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor,
         ae=_ae_config(ae_layers, ae_stride, ae_schedule, ae_iterations, ae_alpha_max, ae_mode,
                       ae_detach),
     )  # fmt: skip

@@ -344,6 +344,8 @@ class AugmentParams:
     - ``flip``: mirror left-right with probability 1/2.
     - ``letterbox``: keep the aspect ratio of the crop window and pad with grey (True), or
       stretch it to the network input as darknet does without ``letter_box=1`` (False).
+    - ``mosaic``: darknet's ``mosaic=1``: each training input tiles four augmented samples
+      around a random centre (:func:`mosaic`).
     """
 
     jitter: float = 0.0
@@ -352,6 +354,7 @@ class AugmentParams:
     exposure: float = 1.0
     flip: bool = False
     letterbox: bool = True
+    mosaic: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter < 0.5:
@@ -369,7 +372,8 @@ class AugmentParams:
     @classmethod
     def from_darknet(cls, options: Mapping[str, object]) -> AugmentParams:
         """From darknet keys (``jitter``, ``hue``, ``saturation``, ``exposure``, ``flip``,
-        ``letter_box``) as raw cfg strings or numbers; missing keys take darknet's defaults."""
+        ``letter_box``, ``mosaic``) as raw cfg strings or numbers; missing keys take darknet's
+        defaults."""
 
         def get(key: str, default: float) -> float:
             return float(str(options.get(key, default)))
@@ -381,6 +385,7 @@ class AugmentParams:
             exposure=get("exposure", 1.0),
             flip=bool(get("flip", 1)),
             letterbox=bool(get("letter_box", 0)),
+            mosaic=bool(get("mosaic", 0)),
         )
 
 
@@ -452,6 +457,51 @@ def augment(
     boxes = boxes.astype(np.float32)
     keep = (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
     return image, boxes[keep], sample.classes[keep]
+
+
+MOSAIC_CENTRE = (0.2, 0.8)
+"""Where the mosaic's centre falls, as a fraction of the input's width and height (darknet's
+``min_offset = 0.2``)."""
+
+
+def mosaic(
+    samples: Sequence[Sample],
+    width: int,
+    height: int,
+    params: AugmentParams,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """darknet's ``mosaic=1``: four samples, each augmented to the full input, tiled into one.
+
+    A centre ``(cx, cy)`` drawn uniformly in the middle 60% of the input splits it into four
+    rectangles, top-left, top-right, bottom-left, bottom-right, filled in that order by the
+    four samples. Each rectangle shows a window of its sample's augmented input (same size,
+    at a uniformly drawn position), so objects keep their scale. Boxes are shifted with the
+    window and clipped to the rectangle; those under ``MIN_BOX_SIDE`` are dropped.
+
+    Returns what :func:`augment` returns: the image ``(height, width, 3)`` uint8, boxes
+    ``(n, 4)`` float32 pixel x1y1x2y2 and classes ``(n,)``.
+    """
+    if len(samples) != 4:
+        raise ValueError(f"mosaic tiles 4 samples, got {len(samples)}")
+    low, high = MOSAIC_CENTRE
+    cx = int(rng.uniform(low * width, high * width))
+    cy = int(rng.uniform(low * height, high * height))
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    all_boxes, all_classes = [], []
+    tiles = [(0, 0, cx, cy), (cx, 0, width, cy), (0, cy, cx, height), (cx, cy, width, height)]
+    for sample, (x1, y1, x2, y2) in zip(samples, tiles, strict=True):
+        image, boxes, classes = augment(sample, width, height, params, rng)
+        tw, th = x2 - x1, y2 - y1
+        sx, sy = int(rng.integers(0, width - tw + 1)), int(rng.integers(0, height - th + 1))
+        canvas[y1:y2, x1:x2] = image[sy : sy + th, sx : sx + tw]
+        moved = boxes + np.array([x1 - sx, y1 - sy] * 2, dtype=np.float32)
+        all_boxes.append(np.clip(moved, [x1, y1, x1, y1], [x2, y2, x2, y2]))
+        all_classes.append(classes)
+    boxes = np.concatenate(all_boxes).astype(np.float32)
+    classes = np.concatenate(all_classes)
+    keep = (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
+    return canvas, boxes[keep], classes[keep]
 
 
 def _rand_scale(limit: float, magnitude: float, coin: float) -> float:
@@ -672,7 +722,11 @@ class _TrainView(Dataset[TrainItem]):
     def __getitem__(self, request: SampleRequest) -> TrainItem:
         rng = np.random.default_rng([self.seed, _AUGMENT_STREAM, request.position])
         sample = self.dataset[request.sample_index]
-        return augment(sample, request.width, request.height, self.params, rng)
+        if not self.params.mosaic:
+            return augment(sample, request.width, request.height, self.params, rng)
+        # Like darknet, the other three tiles are random samples of the whole set.
+        others = [self.dataset[int(i)] for i in rng.integers(0, len(self.dataset), 3)]
+        return mosaic([sample, *others], request.width, request.height, self.params, rng)
 
 
 class _EvalView(Dataset[EvalItem]):

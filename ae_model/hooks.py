@@ -6,7 +6,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ae_model.train import Hook, Trainer
+from ae_model.train import Hook, NonFiniteLossError, Trainer
 
 # Columns of results.csv: the iteration, the mean training losses since the last evaluation,
 # then the COCO metrics of that evaluation.
@@ -45,6 +45,12 @@ class ProgressBar(Hook):
                 f"iteration {trainer.iteration}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}"
             )
 
+    def after_rollback(self, trainer: Trainer, error: NonFiniteLossError) -> None:
+        if self.bar is not None:
+            self.bar.write(f"{error}; back to iteration {trainer.iteration}, lower learning rate")
+            self.bar.n = trainer.iteration
+            self.bar.refresh()
+
     def after_train(self, trainer: Trainer) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -78,6 +84,21 @@ class ResultsLogger(Hook):
                 writer.writeheader()
             writer.writerow(row)
         self.plot()
+
+    def after_rollback(self, trainer: Trainer, error: NonFiniteLossError) -> None:
+        # Rows after the checkpoint belong to the abandoned run; they are trained again.
+        kept = trainer.iteration
+        self._losses = [m for m in self._losses if m["iteration"] <= kept]
+        self.steps = [m for m in self.steps if m["iteration"] <= kept]
+        self.evals = [r for r in self.evals if r["iteration"] <= kept]
+        if self.csv_path.exists():
+            with self.csv_path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                fields, rows = reader.fieldnames or [], list(reader)
+            with self.csv_path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(r for r in rows if float(r["iteration"]) <= kept)
 
     def plot(self) -> None:
         """Training losses per iteration and validation AP / AP50 per evaluation."""

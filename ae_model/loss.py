@@ -183,7 +183,11 @@ class YoloLoss(nn.Module):
         self.classes: int = classes.pop()
 
     def forward(
-        self, outputs: Sequence[Tensor], targets: Tensor, img_size: tuple[int, int]
+        self,
+        outputs: Sequence[Tensor],
+        targets: Tensor,
+        img_size: tuple[int, int],
+        seen: int = 0,
     ) -> LossOutput:
         """Loss of one batch.
 
@@ -194,17 +198,14 @@ class YoloLoss(nn.Module):
                 to [0, 1] in the network input. Rows with a class id outside ``[0, C)``, an
                 image index outside ``[0, B)`` or no area are skipped, as darknet skips them.
             img_size: ``(W, H)`` of the network input as fed (multi-scale changes it).
+            seen: images trained on before this batch. [yolo] has no warm-up term, so it is
+                unused; :class:`ae_model.region_loss.RegionLoss` takes the same call.
 
         Returns:
             :class:`LossOutput`; ``loss`` is the scalar to backpropagate.
         """
         if len(outputs) != len(self.heads):
             raise ValueError(f"got {len(outputs)} outputs for {len(self.heads)} [yolo] heads")
-        if targets.ndim != 2 or targets.shape[1] != 6:
-            raise ValueError(
-                "targets must be (N, 6): image index, class id, x1, y1, x2, y2; "
-                f"got shape {tuple(targets.shape)}"
-            )
         batch = outputs[0].shape[0]
         truths = _prepare_truths(targets.to(outputs[0].device, torch.float32), batch, self.classes)
         # Computed in float32 whatever autocast produced: the sums span every prediction.
@@ -235,6 +236,11 @@ class YoloLoss(nn.Module):
 
 def _prepare_truths(targets: Tensor, batch: int, classes: int) -> _Truths:
     """Targets ``(N, 6)`` as :class:`_Truths` with cx, cy, w, h boxes."""
+    if targets.ndim != 2 or targets.shape[1] != 6:
+        raise ValueError(
+            "targets must be (N, 6): image index, class id, x1, y1, x2, y2; "
+            f"got shape {tuple(targets.shape)}"
+        )
     image = targets[:, 0].long()
     cls = targets[:, 1].long()
     x1, y1, x2, y2 = targets[:, 2:].unbind(1)
@@ -376,12 +382,7 @@ def _match_predictions(
     """
     batch, _, gh, gw = boxes.shape[:4]
     flat = boxes.reshape(batch, -1, 4)  # (B, P): P = A*h*w
-    # Each truth against every prediction of its own image: (N, P), no padding to a max count.
-    iou = _iou_cxcywh(flat[truths.image], truths.box[:, None, :])
-    iou = torch.where(truths.valid[:, None], iou, 0)
-    by_image = truths.image[:, None].expand_as(iou)
-    # Darknet's running best starts at 0, so a zero-initialised max matches it.
-    best = flat.new_zeros(flat.shape[:2]).scatter_reduce(0, by_image, iou, "amax")
+    iou, best = _truth_ious(flat, truths)
     ignore = class_match & (best > head.ignore_thresh).view(class_match.shape)
     if head.truth_thresh >= 1:
         return ignore, None
@@ -391,6 +392,7 @@ def _match_predictions(
     best_of_truth = best[truths.image]  # (N, P): best IoU of each truth's prediction
     candidate = torch.where(iou == best_of_truth, truth_id, num_truths)
     first_best = torch.full_like(flat[..., 0], num_truths, dtype=torch.long)
+    by_image = truths.image[:, None].expand_as(iou)
     first_best = first_best.scatter_reduce(0, by_image, candidate, "amin")
     is_pair = (first_best[truths.image] == truth_id) & (best_of_truth > head.truth_thresh)
     pred_id = torch.arange(num_preds, device=iou.device).repeat(num_truths)
@@ -403,6 +405,21 @@ def _match_predictions(
         truth=truth,
         weight=is_pair.flatten().to(iou.dtype),
     )
+
+
+def _truth_ious(flat: Tensor, truths: _Truths) -> tuple[Tensor, Tensor]:
+    """IoUs of the truths with the predictions ``flat`` ``(B, P, 4)`` (normalised cx, cy, w, h).
+
+    Returns ``iou`` ``(N, P)``: each truth against every prediction of its own image (0 for
+    invalid truths; no padding to a per-image maximum count), and ``best`` ``(B, P)``: each
+    prediction's best IoU with any truth of its image, 0 when it has none.
+    """
+    iou = _iou_cxcywh(flat[truths.image], truths.box[:, None, :])
+    iou = torch.where(truths.valid[:, None], iou, 0)
+    by_image = truths.image[:, None].expand_as(iou)
+    # Darknet's running best starts at 0, so a zero-initialised max matches it.
+    best = flat.new_zeros(flat.shape[:2]).scatter_reduce(0, by_image, iou, "amax")
+    return iou, best
 
 
 def _assign(head: YoloHead, truths: _Truths, anchors: Tensor, gh: int, gw: int) -> _Pairs:

@@ -18,16 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Subset
 
-from ae_model.cfg import YoloSection, parse_cfg, resolve_cfg, retarget_classes
+from ae_model.cfg import RegionSection, YoloSection, parse_cfg, resolve_cfg, retarget_classes
 from ae_model.darknet import Darknet
 from ae_model.data import AugmentParams, build_loader, open_dataset, unletterbox_boxes
 from ae_model.evaluate import COCOEvaluator, Detections, postprocess, timed
 from ae_model.excitation import AssistedExcitation, ExcitationContext, attach_excitation
-from ae_model.layers import YoloLayer
+from ae_model.layers import RegionLayer, YoloLayer
 from ae_model.loss import YoloLoss
 from ae_model.optim import LRSchedule, build_optimizer, build_scheduler
+from ae_model.region_loss import RegionLoss
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,10 @@ class TrainConfig:
     eval_interval: int = 0
     checkpoint_interval: int = 100
     val_limit: int | None = None
+    nan_rollbacks: int = 0
+    """On a non-finite loss, go back to the last checkpoint with the learning rate times
+    ``nan_lr_factor``, at most this many times in the run; 0: stop with the error at once."""
+    nan_lr_factor: float = 0.1
     resolved: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +135,11 @@ class Hook:
 
     def after_checkpoint(self, trainer: "Trainer", path: Path) -> None:
         """Called after a checkpoint file is written (``last.pt`` or ``best.pt``)."""
+
+    def after_rollback(self, trainer: "Trainer", error: NonFiniteLossError) -> None:
+        """Called after a non-finite loss made the trainer go back to its last checkpoint
+        (``nan_rollbacks``): ``trainer.iteration`` is the checkpoint's; metrics of the steps
+        after it were of the abandoned run and are about to be trained again."""
 
     def after_train(self, trainer: "Trainer") -> None:
         """Called once at the end, also when training stopped early or failed."""
@@ -188,13 +199,15 @@ class Trainer:
         self.iteration = 0
         self.best_metric: float | None = None
         self.last_finite_loss: float | None = None
+        self.rollbacks = 0
         self.history: list[dict[str, float]] = []
         self.evaluations: list[dict[str, float]] = []
 
         self.train_set = open_dataset(config.data, "train")
         self.val_set = open_dataset(config.data, "val")
         cfg = resolve_cfg(config.cfg)
-        classes = {head.classes for head in cfg.sections if isinstance(head, YoloSection)}
+        heads = (YoloSection, RegionSection)
+        classes = {head.classes for head in cfg.sections if isinstance(head, heads)}
         retargeted_from = None
         if classes != {self.train_set.num_classes}:
             # What darknet users do by hand: heads (and the convs before them) sized to the data.
@@ -227,13 +240,7 @@ class Trainer:
         self.model.to(self.device)
         if self.device.type == "cuda" and config.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        yolo_heads = [h for h in self.model.heads if isinstance(h, YoloLayer)]
-        if len(yolo_heads) != len(self.model.heads):
-            raise ValueError(
-                f"{cfg.source}: training [region] (YOLOv2) heads is not supported yet; "
-                "use a cfg with [yolo] heads"
-            )
-        self.loss_fn = YoloLoss(yolo_heads)
+        self.loss_fn = build_loss(self.model.heads, cfg.source)
         self.schedule = LRSchedule(
             learning_rate=r["learning_rate"],
             max_batches=r["max_batches"],
@@ -279,6 +286,11 @@ class Trainer:
             raw = net.get(name)
             return [cast(v) for v in str(raw).split(",") if v.strip()] if raw else []
 
+        if config.nan_rollbacks < 0 or not 0 < config.nan_lr_factor < 1:
+            raise ValueError(
+                f"nan_rollbacks must be >= 0 and nan_lr_factor in (0, 1), got "
+                f"{config.nan_rollbacks} and {config.nan_lr_factor}"
+            )
         batch = pick("batch", 1, int)
         subdivisions = pick("subdivisions", 1, int)
         if batch % subdivisions:
@@ -377,26 +389,56 @@ class Trainer:
         for hook in self.hooks:
             hook.before_train(self)
         final: dict[str, float] = {}
+        last = self.out / "last.pt"
         try:
+            if self.config.nan_rollbacks and not last.exists():
+                self.save_checkpoint(last)  # something to roll back to before the first one
             batches = self._batches()
             while self.iteration < r["max_batches"] and not self.stop_requested:
-                metrics = self.train_step(batches)
+                try:
+                    metrics = self.train_step(batches)
+                except NonFiniteLossError as error:
+                    if self.rollbacks >= self.config.nan_rollbacks:
+                        raise
+                    self.roll_back(last, error)
+                    batches = self._batches()
+                    continue
                 self.history.append(metrics)
                 for hook in self.hooks:
                     hook.after_step(self, metrics)
-                last = self.iteration == r["max_batches"]
+                done = self.iteration == r["max_batches"]
                 every = self.config.eval_interval
-                if (every and self.iteration % every == 0) or last:
+                if (every and self.iteration % every == 0) or done:
                     final = self.evaluate()  # first, so last.pt records the best metric
                 interval = self.config.checkpoint_interval
-                if (interval and self.iteration % interval == 0) or last:
-                    self.save_checkpoint(self.out / "last.pt")
+                if (interval and self.iteration % interval == 0) or done:
+                    self.save_checkpoint(last)
             if self.stop_requested:
-                self.save_checkpoint(self.out / "last.pt")
+                self.save_checkpoint(last)
         finally:
             for hook in self.hooks:
                 hook.after_train(self)
         return final
+
+    def roll_back(self, path: Path, error: NonFiniteLossError) -> None:
+        """Continue from checkpoint ``path`` with the learning rate times ``nan_lr_factor``."""
+        rollbacks = self.rollbacks + 1
+        self.load_checkpoint(path)
+        self.rollbacks = rollbacks
+        self.history = [m for m in self.history if m["iteration"] <= self.iteration]
+        self.evaluations = [m for m in self.evaluations if m["iteration"] <= self.iteration]
+        factor = self.config.nan_lr_factor
+        # LambdaLR sets lr = base_lr * lambda(t); its base_lrs live in the checkpoints written
+        # from now on, so a resume keeps the lowered rate.
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+        log.warning(
+            "%s; rollback %d of %d: back to iteration %d with the learning rate times %g",
+            error, rollbacks, self.config.nan_rollbacks, self.iteration, factor,
+        )  # fmt: skip
+        for hook in self.hooks:
+            hook.after_rollback(self, error)
 
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """One optimizer step over ``subdivisions`` micro-batches; returns its metrics."""
@@ -418,8 +460,9 @@ class Trainer:
                 enabled=self.amp_dtype is not None,
             ):  # fmt: skip
                 outputs = self.model(images)
+            seen = self.iteration * r["batch"] + images_seen
             out = self.loss_fn(
-                [o.float() for o in outputs], targets, (images.shape[3], images.shape[2])
+                [o.float() for o in outputs], targets, (images.shape[3], images.shape[2]), seen
             )
             self.scaler.scale(out.loss / r["subdivisions"]).backward()
             totals += torch.stack([out.loss.detach(), out.box, out.obj, out.cls])
@@ -507,6 +550,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "best_metric": self.best_metric,
             "last_finite_loss": self.last_finite_loss,
+            "rollbacks": self.rollbacks,
         }
 
     def save_checkpoint(self, path: Path) -> None:
@@ -538,12 +582,28 @@ class Trainer:
         self.iteration = state["iteration"]
         self.best_metric = state["best_metric"]
         self.last_finite_loss = state["last_finite_loss"]
+        self.rollbacks = state.get("rollbacks", 0)  # absent from checkpoints before rollbacks
         set_rng_state(state["rng"])
 
 
 # What makes two runs the same run; output folder, device, workers and evaluation cadence may
 # change between attempts.
 _RUN_IDENTITY = ("seed", "augment", "ae")
+
+
+def build_loss(heads: Sequence[nn.Module], source: str = "<cfg>") -> YoloLoss | RegionLoss:
+    """The training loss of a network's heads (``Darknet.heads``): :class:`YoloLoss` for
+    ``[yolo]`` heads, :class:`RegionLoss` for one ``[region]`` head (YOLOv2)."""
+    yolo = [h for h in heads if isinstance(h, YoloLayer)]
+    region = [h for h in heads if isinstance(h, RegionLayer)]
+    if yolo and not region:
+        return YoloLoss(yolo)
+    if len(region) == 1 and not yolo:
+        return RegionLoss(region)
+    raise ValueError(
+        f"{source}: aetrain trains [yolo] heads or a single [region] head; this cfg has "
+        f"{len(yolo)} [yolo] and {len(region)} [region]"
+    )
 
 
 def _changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -554,6 +614,9 @@ def _changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[st
         if saved.get(key) != current.get(key)
     ]
     old, new = saved.get("resolved", {}), current.get("resolved", {})
+    if "augment" in old:
+        # An augmentation added since the checkpoint was written (mosaic) was off in it.
+        old = {**old, "augment": {**dataclasses.asdict(AugmentParams()), **old["augment"]}}
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) != new.get(key):
             shown = "the cfg's text differs" if key == "cfg_text" else None

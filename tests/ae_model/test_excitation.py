@@ -454,27 +454,34 @@ def test_training_step_with_changing_input_sizes(
 
 
 @pytest.mark.parametrize(
-    ("cfg", "stride", "expected", "kind"),
+    ("cfg", "stride", "expected", "kind", "rule"),
     [
-        ("yolov3-tiny", 8, 6, "convolutional"),  # rule 2: end of the stride-8 stage
-        ("yolov3-tiny", 16, 20, "route"),  # rule 1: route after the upsample
-        ("yolov3-tiny", 32, 13, "convolutional"),  # rule 3: where the first branch forks
-        ("yolov3", 4, 11, "shortcut"),
-        ("yolov3", 8, 98, "route"),
-        ("yolov3", 16, 86, "route"),
-        ("yolov3", 32, 79, "convolutional"),
+        ("yolov3-tiny", 8, 6, "convolutional", 2),  # the end of the stride-8 stage
+        ("yolov3-tiny", 16, 20, "route", 1),  # the route after the upsample
+        ("yolov3-tiny", 32, 13, "convolutional", 3),  # where the first branch forks
+        ("yolov3", 4, 11, "shortcut", 2),
+        ("yolov3", 8, 98, "route", 1),
+        ("yolov3", 16, 86, "route", 1),
+        ("yolov3", 32, 79, "convolutional", 3),
+        ("yolov4-tiny", 8, 16, "route", 2),  # the stage's last CSP route
+        ("yolov4-tiny", 16, 34, "route", 1),
+        ("yolov4-tiny", 32, 27, "convolutional", 3),
+        ("yolov2", 16, 16, "convolutional", 2),  # the passthrough's source
+        ("yolov2", 32, 29, "convolutional", 3),  # no fork: the stage's last layer
+        ("yolov2-tiny", 32, 13, "convolutional", 3),
     ],
 )
-def test_placement_by_stride(cfg: str, stride: int, expected: int, kind: str) -> None:
+def test_placement_by_stride(cfg: str, stride: int, expected: int, kind: str, rule: int) -> None:
     model = Darknet(f"ae_model/cfg/{cfg}.cfg")
-    index = resolve_stride(model, stride, 416, 416)
+    size = model.net.width
+    index = resolve_stride(model, stride, size, size)
     assert index == expected
-    row = model.layer_table(416, 416)[index]
-    assert (row.type, row.out_stride) == (kind, stride)
-    if kind == "route":
-        # Rule 1: the route reads an [upsample] of that stride.
-        reads = [model.sections[i] for i in getattr(model.sections[index], "layers", ())]
-        assert "upsample" in [s.type for s in reads]
+    rows = model.layer_table(size, size)
+    assert (rows[index].type, rows[index].out_stride) == (kind, stride)
+    reads = [model.sections[i] for i in getattr(model.sections[index], "layers", ())]
+    assert ("upsample" in [s.type for s in reads]) == (rule == 1)
+    if rule == 2:
+        assert rows[index + 1].out_stride > stride
     assert attach_excitation(model, {"stride": stride}, ExcitationContext()) == [expected]
 
 

@@ -1,5 +1,6 @@
 """Real (tiny) training runs on generated data: learning, determinism, exact resume, AE."""
 
+import csv
 import math
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 
 from ae_model.cfg import resolve_cfg
 from ae_model.datasets import generate_dataset
+from ae_model.hooks import ResultsLogger
 from ae_model.train import AEConfig, Hook, NonFiniteLossError, TrainConfig, Trainer
 
 CFG = "yolov3-tiny-small"
@@ -105,12 +107,117 @@ def test_multiscale_with_ae_trains_at_changing_sizes(shapes: Path, tmp_path: Pat
     assert trainer.config.resolved["ae_layers"] == trainer.ae_layers != []
 
 
+def _losses_fall(trainer: Trainer, factor: float) -> None:
+    losses = [m["loss"] for m in trainer.history]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert all(math.isfinite(x) for x in losses)
+    assert last < factor * first, f"loss did not fall: {first:.2f} -> {last:.2f}"
+
+
+def test_yolov2_region_head_with_reorg_learns_with_ae(shapes: Path, tmp_path: Path) -> None:
+    # yolov2-small: a [region] head fed by a passthrough through [reorg]; AE at stride 16.
+    config = _config(
+        shapes, tmp_path, cfg="yolov2-small", max_batches=100, subdivisions=1,
+        ae=AEConfig(layers={"stride": 16}),
+    )  # fmt: skip
+    trainer = Trainer(config)
+    final = trainer.train()
+    _losses_fall(trainer, 0.6)
+    assert trainer.model.sections[trainer.ae_layers[0]].type == "convolutional"
+    assert trainer.model.heads[0].classes == 6  # the [region] head was retargeted too
+    assert 0.0 <= final["AP50"] <= 1.0
+
+
+def test_yolov4_tiny_with_mosaic_learns_with_ae(shapes: Path, tmp_path: Path) -> None:
+    # yolov4-tiny-small: CSP route groups, scale_x_y, CIoU; mosaic=1 turned on in its [net].
+    cfg = resolve_cfg("yolov4-tiny-small").text.replace("[net]", "[net]\nmosaic=1", 1)
+    config = _config(
+        shapes, tmp_path, cfg=cfg, max_batches=100, subdivisions=1, learning_rate=0.00261,
+        ae=AEConfig(layers={"stride": 16}),
+    )  # fmt: skip
+    trainer = Trainer(config)
+    trainer.train()
+    _losses_fall(trainer, 0.5)
+    assert trainer.config.resolved["augment"]["mosaic"] is True
+    assert trainer.ae_layers
+
+
 def test_non_finite_loss_stops_with_iteration_and_last_loss(shapes: Path, tmp_path: Path) -> None:
     config = _config(shapes, tmp_path, learning_rate=1e12, burn_in=0, max_batches=50)
     with pytest.raises(NonFiniteLossError, match=r"non-finite at iteration \d+") as info:
         Trainer(config).train()
     assert info.value.iteration >= 1
     assert info.value.last_finite is not None
+
+
+class Rollbacks(Hook):
+    def __init__(self) -> None:
+        self.at: list[tuple[int, int]] = []  # (iteration that failed, iteration returned to)
+
+    def after_rollback(self, trainer: Trainer, error: NonFiniteLossError) -> None:
+        self.at.append((error.iteration, trainer.iteration))
+
+
+def test_non_finite_loss_rolls_back_with_a_lower_learning_rate(
+    shapes: Path, tmp_path: Path
+) -> None:
+    # lr 1e12 diverges at once; one rollback times 1e-14 continues at lr 0.01 from iteration 0.
+    config = _config(
+        shapes, tmp_path, learning_rate=1e12, burn_in=0, max_batches=12,
+        nan_rollbacks=1, nan_lr_factor=1e-14,
+    )  # fmt: skip
+    hook = Rollbacks()
+    trainer = Trainer(config, hooks=[hook])
+    trainer.train()
+    assert hook.at == [(1, 0)] and trainer.rollbacks == 1
+    assert [m["iteration"] for m in trainer.history] == list(range(1, 13))
+    assert all(math.isfinite(m["loss"]) for m in trainer.history)
+    assert trainer.history[-1]["lr"] == pytest.approx(0.01)
+    # The lowered rate and the count live in the checkpoint: a resume keeps both.
+    resumed = Trainer(TrainConfig.from_dict({**config.to_dict(), "resolved": {}}))
+    resumed.load_checkpoint(tmp_path / "last.pt")
+    assert resumed.rollbacks == 1
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+class PoisonAfterEval(Hook):
+    """Sets one weight to NaN after the evaluation at ``iteration``, once."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def after_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if trainer.iteration == self.iteration and not trainer.rollbacks:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = math.nan
+
+
+def test_rollback_mid_run_replaces_the_abandoned_rows(shapes: Path, tmp_path: Path) -> None:
+    config = _config(
+        shapes, tmp_path, max_batches=12, checkpoint_interval=6, eval_interval=1, val_limit=2,
+        nan_rollbacks=1, nan_lr_factor=0.5,
+    )  # fmt: skip
+    results = ResultsLogger(tmp_path)
+    trainer = Trainer(config, hooks=[PoisonAfterEval(8), results])
+    trainer.train()
+    assert trainer.rollbacks == 1
+    with (tmp_path / "results.csv").open() as f:
+        rows = [int(float(r["iteration"])) for r in csv.DictReader(f)]
+    assert rows == list(range(1, 13))  # 7 and 8 again, once each
+    assert [m["iteration"] for m in trainer.history] == list(range(1, 13))
+    assert trainer.history[-1]["lr"] == pytest.approx(0.005)
+
+
+def test_rollbacks_are_bounded(shapes: Path, tmp_path: Path) -> None:
+    config = _config(
+        shapes, tmp_path, learning_rate=1e12, burn_in=0, max_batches=12,
+        nan_rollbacks=2, nan_lr_factor=0.5,
+    )  # fmt: skip
+    hook = Rollbacks()
+    trainer = Trainer(config, hooks=[hook])
+    with pytest.raises(NonFiniteLossError):
+        trainer.train()
+    assert trainer.rollbacks == 2 and [back for _, back in hook.at] == [0, 0]
 
 
 def test_net_section_schedule_keys_reach_the_scheduler(shapes: Path, tmp_path: Path) -> None:
