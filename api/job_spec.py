@@ -14,8 +14,10 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class StrictModel(BaseModel):
-    # Unknown fields are errors: a typo like "learning_rat" must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are errors: a typo like "learning_rat" must not be silently ignored. Types
+    # are strict: JSON `true` or "3" is no integer, and 3.0 no integer either (an integer is
+    # still a number); subclasses' configs add to this one.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StrideSpec(StrictModel):
@@ -72,6 +74,17 @@ class TrainSpec(StrictModel):
     checkpoint_interval: Annotated[int, Field(ge=1)] = 100
     val_limit: Annotated[int | None, Field(ge=1)] = None
     workers: Annotated[int, Field(ge=0, le=32)] = 2
+    nan_rollbacks: Annotated[
+        int,
+        Field(ge=0, le=10,
+              description="On a non-finite loss, go back to the last checkpoint with a lower "
+              "learning rate, at most this many times; 0: the job fails at once."),
+    ] = 0  # fmt: skip
+    nan_lr_factor: Annotated[
+        float,
+        Field(gt=0, lt=1, allow_inf_nan=False,
+              description="What each rollback multiplies the learning rate by."),
+    ] = 0.1  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -94,7 +107,6 @@ class JobCreate(StrictModel):
     """A training job: a model (cfg), a dataset, a seed, training overrides and optional AE."""
 
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -152,7 +164,6 @@ class ComparisonCreate(StrictModel):
     weights, data order and augmentation, so results pair by seed."""
 
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {

@@ -1,4 +1,5 @@
-"""Recovers jobs whose worker died: a loop in the API process (see worker.jobs.reap_stale_jobs).
+"""Recovers jobs whose worker died, and queued jobs whose task the broker lost: a loop in the
+API process (see worker.jobs.reap_stale_jobs and worker.jobs.resend_lost_tasks).
 
 Several API replicas may each run it; the conditional updates recover a job once.
 """
@@ -11,21 +12,34 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.db.models import Job
 from api.settings import Settings
 from worker import jobs as job_ops
-from worker.celery_app import send_train_task
+from worker.celery_app import send_train_task, waiting_tasks
 
 log = logging.getLogger(__name__)
 
 
-def reap_once(sessions: sessionmaker[Session], celery: Any, settings: Settings) -> list[int]:
-    """One round: re-queue (or fail) stale running jobs; returns the re-queued ids."""
+def reap_once(
+    sessions: sessionmaker[Session], celery: Any, settings: Settings
+) -> tuple[list[int], list[int]]:
+    """One round: re-queue (or fail) stale running jobs, then send again the tasks the broker
+    lost of jobs still queued. Returns the ids of both."""
+
+    def send(job: Job) -> None:
+        send_train_task(celery, job.id, job.queue)
+
     with sessions() as session:
-        return job_ops.reap_stale_jobs(
-            session,
-            timedelta(seconds=settings.stale_after_s),
-            send=lambda job: send_train_task(celery, job.id, job.queue),
+        requeued = job_ops.reap_stale_jobs(
+            session, timedelta(seconds=settings.stale_after_s), send=send
         )
+        resent = job_ops.resend_lost_tasks(
+            session,
+            timedelta(seconds=settings.requeue_queued_after_s),
+            waiting_in_broker=lambda queue: waiting_tasks(celery, queue),
+            send=send,
+        )
+    return requeued, resent
 
 
 async def reap_forever(sessions: sessionmaker[Session], celery: Any, settings: Settings) -> None:
@@ -34,7 +48,7 @@ async def reap_forever(sessions: sessionmaker[Session], celery: Any, settings: S
     while True:
         await asyncio.sleep(settings.reaper_interval_s)
         try:
-            requeued = await run_in_threadpool(reap_once, sessions, celery, settings)
+            requeued, resent = await run_in_threadpool(reap_once, sessions, celery, settings)
         except Exception:
             log.exception(
                 "reaping stale jobs failed; next try in %.0f s", settings.reaper_interval_s
@@ -42,3 +56,5 @@ async def reap_forever(sessions: sessionmaker[Session], celery: Any, settings: S
             continue
         if requeued:
             log.warning("re-queued jobs whose worker died: %s", requeued)
+        if resent:
+            log.warning("sent again the tasks the broker lost of queued jobs: %s", resent)

@@ -106,6 +106,7 @@ class DatasetGenerate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"kind": "digits", "train": 500, "val": 100, "size": 256, "seed": 0},
@@ -206,6 +207,7 @@ class ModelCreate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"name": "tiny-digits", "cfg": _EXAMPLE_CFG}]},
     )
 

@@ -46,11 +46,21 @@ class Settings(BaseSettings):
     # the reaper re-queues it to resume from its last checkpoint, up to the job's max_attempts.
     stale_after_s: float = Field(default=120.0, gt=0)
     reaper_interval_s: float = Field(default=15.0, gt=0)
+    # A job still queued this long after its task was sent, on a queue the broker holds no
+    # task for, lost its message (Redis restarted without persistence): the reaper sends it
+    # again. A copy sent anyway is harmless: the claim trains a job once.
+    requeue_queued_after_s: float = Field(default=300.0, gt=0)
     # Per tenant, jobs queued or running at once: one tenant cannot fill every worker's queue.
     max_active_jobs: int = Field(default=100, gt=0)
     # Per image, at the size it trains at: a budget against cfgs no worker could train
     # (yolov3 at 608x608 is 141 BFLOPs; darknet53 at 1024x1024 about 460).
     max_bflops: float = Field(default=1000.0, gt=0)
+    # Millions of trainable parameters (yolov3 has 62, yolov4 64): checked at upload and submit.
+    max_params_m: float = Field(default=500.0, gt=0)
+    # GiB one training step of a job may need by api.budget's estimate: activations of a
+    # micro-batch at the largest training size, weights, gradients and momentum (yolov3 at
+    # 416 with its cfg's batch=64, subdivisions=16 and multi-scale: about 5 GiB).
+    max_train_memory_gib: float = Field(default=80.0, gt=0)
 
     @field_validator("home")
     @classmethod

@@ -5,6 +5,7 @@ child process, forked per task, is the first to touch CUDA.
 """
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from api.settings import Settings, get_settings
 
@@ -15,6 +16,16 @@ TRAIN_TASK = "aetrain.train_job"
 def send_train_task(celery: Celery, job_id: int, queue: str) -> None:
     """Deliver job ``job_id`` to the workers of ``queue``, by task name (no torch import)."""
     celery.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+
+
+def waiting_tasks(celery: Celery, queue: str) -> int:
+    """Messages waiting in ``queue`` on the broker, not counting those a worker has taken."""
+    with celery.connection_for_read() as connection:
+        try:
+            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+        except ChannelError:  # Redis keeps no empty queue: it does not exist
+            return 0
+        return int(declared.message_count)
 
 
 def create_celery(settings: Settings | None = None) -> Celery:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -106,6 +106,12 @@ def insert_metrics(session: Session, job_id: int, rows: Sequence[MetricRow]) -> 
     session.commit()
 
 
+def delete_metrics_after(session: Session, job_id: int, step: int) -> None:
+    """Remove the job's metric rows past ``step`` (a rollback to that step's checkpoint
+    replays them, and ``insert_metrics`` would otherwise keep the diverged values)."""
+    session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step > step))
+
+
 def _owned(job_id: int, worker: str) -> Any:
     return (Job.id == job_id) & (Job.state == JobState.running) & (Job.worker == worker)
 
@@ -163,7 +169,7 @@ def reap_stale_jobs(
             state, values = JobState.cancelled, {"finished_at": utcnow()}
             message = f"{lost}; cancelled as requested"
         elif job.attempt < job.max_attempts:
-            state, values = JobState.queued, {"worker": None}
+            state, values = JobState.queued, {"worker": None, "sent_at": utcnow()}
             message = f"{lost}; re-queued for attempt {job.attempt + 1} of {job.max_attempts}"
         else:
             message = f"{lost} on each of its {job.attempt} attempts; not retried again"
@@ -187,6 +193,59 @@ def reap_stale_jobs(
             requeued.append(job.id)
         session.commit()
     return requeued
+
+
+def resend_lost_tasks(
+    session: Session,
+    waited: timedelta,
+    waiting_in_broker: Callable[[str], int],
+    send: Callable[[Job], None],
+) -> list[int]:
+    """Send again the task of each job still queued ``waited`` after its task was last sent,
+    when its queue holds no message in the broker: the message was lost (a broker restarted
+    without persistence), and the job would otherwise wait forever.
+
+    ``waiting_in_broker(queue)`` counts the messages waiting in a queue. A queue that holds
+    any is left alone (its workers are busy, or there are none yet), so a long wait does not
+    pile up copies. A copy sent anyway is harmless: the claim trains a job once. Each re-send
+    is a conditional UPDATE of ``sent_at`` committed after ``send`` returns, so concurrent
+    reapers send once, and a broker error leaves the job for the next round. Returns the ids
+    of the jobs whose task was sent again.
+    """
+    now = utcnow()
+    overdue = session.scalars(
+        select(Job).where(Job.state == JobState.queued, Job.sent_at < now - waited).order_by(Job.id)
+    ).all()
+    empty: dict[str, bool] = {}
+    resent = []
+    for job in overdue:
+        if job.queue not in empty:
+            empty[job.queue] = waiting_in_broker(job.queue) == 0
+        if not empty[job.queue]:
+            continue
+        last_sent = job.sent_at
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state == JobState.queued, Job.sent_at == last_sent)
+            .values(sent_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()  # claimed or cancelled meanwhile, or another reaper sent it
+            continue
+        add_event(
+            session, job.id, JobState.queued,
+            f"still queued {waited.total_seconds():g} s after its task was sent, and queue "
+            f"{job.queue!r} holds no task: sent again (a broker restart lost it?)",
+        )  # fmt: skip
+        try:
+            send(job)
+        except Exception:
+            session.rollback()
+            raise
+        session.commit()
+        resent.append(job.id)
+    return resent
 
 
 def record_checkpoint(

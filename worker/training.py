@@ -51,6 +51,9 @@ class DatabaseHook(Hook):
         self.outage = False
         self.buffer: list[Any] = []
         self.last_flush = time.monotonic()
+        # After a rollback to a checkpoint: (its iteration, what happened) until the database
+        # has forgotten the steps after it and recorded the event.
+        self.rolled_back: tuple[int, str] | None = None
 
     def flush(self, trainer: Trainer, wait: bool = False) -> None:
         """Write the buffered metrics and the heartbeat. While the database is unreachable the
@@ -86,7 +89,13 @@ class DatabaseHook(Hook):
                 # one stops at once and writes nothing more, not even a checkpoint.
                 self.lost = True
                 raise JobLostError(f"job {self.job_id} is no longer {self.worker}'s")
+            if self.rolled_back is not None:
+                step, message = self.rolled_back
+                jobs.delete_metrics_after(session, self.job_id, step)
+                jobs.add_event(session, self.job_id, JobState.running, message)
             jobs.insert_metrics(session, self.job_id, self.buffer)
+            session.commit()  # insert_metrics commits only when there are rows
+            self.rolled_back = None
             if reply == "cancel":
                 trainer.stop_requested = True
         self.buffer = []
@@ -106,6 +115,19 @@ class DatabaseHook(Hook):
             jobs.metric_rows(trainer.iteration, metrics, prefix="val/", epoch=trainer.epoch)
         )
         self.flush(trainer)
+
+    def after_rollback(self, trainer: Trainer, error: NonFiniteLossError) -> None:
+        # The steps after the checkpoint are trained again: their stored and buffered rows go,
+        # in the same transaction as the replay's first rows.
+        step = trainer.iteration
+        self.buffer = [row for row in self.buffer if row[1] <= step]
+        self.rolled_back = (
+            step,
+            f"{error}; rolled back to iteration {step} with the learning rate times "
+            f"{trainer.config.nan_lr_factor:g} (rollback {trainer.rollbacks} of "
+            f"{trainer.config.nan_rollbacks})",
+        )
+        self.flush(trainer, wait=True)
 
     def before_checkpoint(self, trainer: Trainer, path: Path) -> None:
         # A resume from this checkpoint starts after its iteration: the metrics of the steps

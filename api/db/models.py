@@ -134,6 +134,9 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # When its task was last sent to the broker: a job queued long after that, on a queue the
+    # broker holds nothing for, lost its message (a broker restarted without persistence).
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     iteration: Mapped[int] = mapped_column(Integer, default=0)
     max_batches: Mapped[int | None] = mapped_column(Integer, default=None)

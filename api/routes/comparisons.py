@@ -2,7 +2,8 @@
 
 import io
 from collections import Counter, defaultdict
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ValidationError
@@ -10,11 +11,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ae_model.compare import ArmResult, format_table, plot_comparison, summarize
-from api.db.models import Comparison, Job, JobState, Metric
+from api.db.models import Comparison, Job, JobState, Metric, utcnow
 from api.deps import SessionDep, TenantDep
 from api.job_spec import ComparisonCreate, JobCreate
 from api.routes.jobs import SUBMIT_RESPONSES, check_active_jobs, check_job_spec, enqueue
 from api.schemas import MAX_ROW_ID, UNAUTHORIZED, UtcDatetime
+from api.settings import Settings
 from worker import jobs as job_ops
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], responses=UNAUTHORIZED)
@@ -106,6 +108,39 @@ def _public(session: Session, row: Comparison) -> ComparisonPublic:
     )  # fmt: skip
 
 
+def _check_arm(
+    session: Session,
+    tenant_id: int,
+    body: ComparisonCreate,
+    index: int,
+    spec: JobCreate,
+    settings: Settings,
+) -> None:
+    """``check_job_spec`` for arm ``index``, its 422 located where the fault is: under
+    ``base`` when the base spec alone has the same fault, else under ``arms[index]`` (its
+    ``ae`` or ``train``; a model over budget only through the arm's training size is the
+    arm's ``train``)."""
+    try:
+        check_job_spec(session, tenant_id, spec, settings)
+    except HTTPException as arm_error:
+        try:
+            check_job_spec(session, tenant_id, body.base, settings)
+        except HTTPException as base_error:
+            if base_error.detail == arm_error.detail:
+                raise _relocated(arm_error, lambda loc: ["base", *loc]) from None
+        raise _relocated(
+            arm_error,
+            lambda loc: ["arms", index, *(loc if loc[:1] in (["ae"], ["train"]) else ["train"])],
+        ) from None
+
+
+def _relocated(error: HTTPException, where: Callable[[list[Any]], list[Any]]) -> HTTPException:
+    """``error`` (FastAPI's list shape) with each entry's location after ``body`` moved."""
+    entries = cast(list[dict[str, Any]], error.detail)
+    detail = [{**entry, "loc": ["body", *where(entry["loc"][1:])]} for entry in entries]
+    return HTTPException(error.status_code, detail)
+
+
 @router.post(
     "",
     response_model=ComparisonPublic,
@@ -132,7 +167,7 @@ def create_comparison(
                 ],
             ) from error
         if index < len(body.arms):  # each arm's spec checked once; seeds do not change it
-            check_job_spec(session, tenant_id, job_spec, request.app.state.settings.max_bflops)
+            _check_arm(session, tenant_id, body, index, job_spec, request.app.state.settings)
         runs.append((arm, seed, job_spec))
     check_active_jobs(request, session, tenant_id, len(runs))
     row = Comparison(tenant_id=tenant_id, name=body.name, spec=body.model_dump(mode="json"))
@@ -142,7 +177,7 @@ def create_comparison(
     for arm, seed, job_spec in runs:
         job = Job(
             tenant_id=tenant_id, comparison_id=row.id, arm=arm, seed=seed,
-            spec=job_spec.model_dump(mode="json"), queue=job_spec.queue,
+            spec=job_spec.model_dump(mode="json"), queue=job_spec.queue, sent_at=utcnow(),
         )  # fmt: skip
         session.add(job)
         session.flush()

@@ -23,6 +23,7 @@ from ae_model.cfg import (
     load_cfg,
     parse_cfg,
 )
+from api.budget import parameters_over_budget, training_step_memory
 from api.db.models import (
     TERMINAL_STATES,
     Checkpoint,
@@ -32,6 +33,7 @@ from api.db.models import (
     JobState,
     Metric,
     ModelConfig,
+    utcnow,
 )
 from api.deps import SessionDep, TenantDep
 from api.job_schemas import (
@@ -45,6 +47,7 @@ from api.job_schemas import (
 )
 from api.job_spec import JobCreate, StrideSpec
 from api.schemas import BAD_JSON, MAX_ROW_ID, UNAUTHORIZED
+from api.settings import Settings
 from worker import jobs as job_ops
 from worker.celery_app import send_train_task
 
@@ -99,22 +102,35 @@ def _model_cfg(session: Session, tenant_id: int, model: str | int) -> DarknetCon
         raise _unprocessable(["model"], str(error)) from error
 
 
-def _check_size(spec: JobCreate, cfg: DarknetConfig, max_bflops: float) -> list[LayerRow]:
+def _check_size(spec: JobCreate, cfg: DarknetConfig, settings: Settings) -> list[LayerRow]:
     """The layer table at the training size; 422 when the network does not fit that size or
-    passes the compute budget."""
+    passes the compute, parameter or training-memory budget."""
     width = spec.train.width or cfg.net.width
     height = spec.train.height or cfg.net.height
     try:
         rows = cfg.layer_table(width, height)
+        memory = training_step_memory(cfg, spec.train)
     except CfgError as error:
         raise _unprocessable(["train", "width"], f"at {width}x{height}: {error}") from error
     total = sum(row.bflops for row in rows)
-    if total > max_bflops:
+    if total > settings.max_bflops:
         raise _unprocessable(
             ["model"],
             f"the network needs {total:.0f} BFLOPs per image at {width}x{height}, over this "
-            f"server's budget of {max_bflops:g}; train at a smaller size or a smaller cfg",
+            f"server's budget of {settings.max_bflops:g}; train at a smaller size or a smaller cfg",
         )
+    too_many = parameters_over_budget(rows, settings.max_params_m)
+    if too_many:
+        raise _unprocessable(["model"], too_many)
+    if memory.batch % memory.subdivisions:  # one of them comes from the cfg's [net]
+        raise _unprocessable(
+            ["train", "batch"],
+            f"batch={memory.batch} must be divisible by subdivisions={memory.subdivisions} "
+            "(the cfg's unless train sets it); set train.batch and train.subdivisions together",
+        )
+    too_large = memory.over_budget(settings.max_train_memory_gib)
+    if too_large:
+        raise _unprocessable(["train"], too_large)
     return rows
 
 
@@ -140,9 +156,9 @@ def _check_ae(spec: JobCreate, cfg: DarknetConfig, rows: list[LayerRow]) -> None
             )
 
 
-def check_job_spec(session: Session, tenant_id: int, body: JobCreate, max_bflops: float) -> None:
+def check_job_spec(session: Session, tenant_id: int, body: JobCreate, settings: Settings) -> None:
     """422 unless the dataset is the tenant's and ready, the model exists, fits the training
-    size and the compute budget, and AE fits it."""
+    size and this server's budgets, and AE fits it."""
     dataset = session.scalar(
         select(Dataset).where(Dataset.id == body.dataset_id, Dataset.tenant_id == tenant_id)
     )
@@ -151,7 +167,7 @@ def check_job_spec(session: Session, tenant_id: int, body: JobCreate, max_bflops
     if dataset.status != "ready":
         raise _unprocessable(["dataset_id"], f"dataset {dataset.id} is {dataset.status}, not ready")
     cfg = _model_cfg(session, tenant_id, body.model)
-    _check_ae(body, cfg, _check_size(body, cfg, max_bflops))
+    _check_ae(body, cfg, _check_size(body, cfg, settings))
 
 
 def enqueue(celery: Any, session: Session, queued: Sequence[Job]) -> None:
@@ -207,11 +223,12 @@ def create_job(body: JobCreate, request: Request, session: SessionDep, tenant_id
     The job trains on a worker consuming ``queue``; follow it with GET /v1/jobs/{id}, its
     metrics, or the SSE stream at /v1/jobs/{id}/events.
     """
-    check_job_spec(session, tenant_id, body, request.app.state.settings.max_bflops)
+    check_job_spec(session, tenant_id, body, request.app.state.settings)
     check_active_jobs(request, session, tenant_id, 1)
     job = Job(
-        tenant_id=tenant_id, spec=body.model_dump(mode="json"), queue=body.queue, seed=body.seed
-    )
+        tenant_id=tenant_id, spec=body.model_dump(mode="json"), queue=body.queue, seed=body.seed,
+        sent_at=utcnow(),  # its task is sent right after the row is committed
+    )  # fmt: skip
     session.add(job)
     session.flush()
     job_ops.add_event(session, job.id, JobState.queued, "submitted")

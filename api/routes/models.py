@@ -25,6 +25,7 @@ from ae_model.cfg import (
     list_bundled_cfgs,
     parse_cfg,
 )
+from api.budget import parameters_over_budget
 from api.db.models import ModelConfig
 from api.deps import SessionDep, TenantDep
 from api.schemas import (
@@ -187,7 +188,10 @@ def list_models(
     summary="Upload a darknet cfg",
     responses={
         **BAD_JSON,
-        422: {"description": "The cfg does not parse; the detail names the line."},
+        422: {
+            "description": "The cfg does not parse (the detail names the line), or it passes "
+            "this server's compute or parameter budget."
+        },
     },
 )
 def create_model(
@@ -200,15 +204,19 @@ def create_model(
         config, messages = _parse(body.cfg, f"{body.name}.cfg")
     except CfgError as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
-    bflops = sum(row.bflops for row in config.layer_table())
-    budget = request.app.state.settings.max_bflops
-    if bflops > budget:
+    settings = request.app.state.settings
+    rows = config.layer_table()
+    bflops = sum(row.bflops for row in rows)
+    if bflops > settings.max_bflops:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"{body.name}.cfg needs {bflops:.0f} BFLOPs per image at its own size "
-            f"{config.net.width}x{config.net.height}, over this server's budget of {budget:g}; "
-            "use fewer or smaller layers or a smaller [net] width/height",
+            f"{config.net.width}x{config.net.height}, over this server's budget of "
+            f"{settings.max_bflops:g}; use fewer or smaller layers or a smaller [net] width/height",
         )
+    too_many = parameters_over_budget(rows, settings.max_params_m)
+    if too_many:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.name}.cfg: {too_many}")
     row = ModelConfig(tenant_id=tenant_id, name=body.name, cfg_text=body.cfg)
     session.add(row)
     session.commit()

@@ -112,3 +112,60 @@ def test_non_finite_metric_values_are_not_stored(session: Session) -> None:
     rows = job_ops.metric_rows(7, {"loss": float("nan"), "lr": 0.01, "x": float("inf")})
     assert [(key, step) for key, step, *_ in rows] == [("lr", 7)]
     job_ops.insert_metrics(session, job_id, rows)  # SQLite would refuse a NaN as NULL
+
+
+def _queued(session: Session, sent_ago: timedelta, queue: str = "cpu") -> int:
+    tenant = session.scalars(select(Tenant.id)).one()
+    job = Job(tenant_id=tenant, spec={}, queue=queue, sent_at=utcnow() - sent_ago)
+    session.add(job)
+    session.commit()
+    return job.id
+
+
+def test_queued_jobs_whose_queue_is_empty_are_sent_again_once(session: Session) -> None:
+    lost = _queued(session, timedelta(minutes=5))
+    fresh = _queued(session, timedelta(seconds=5))
+    backlog = _queued(session, timedelta(minutes=5), queue="gpu")
+    running = _running(session, timedelta(seconds=1), attempt=1)
+    waiting = {"cpu": 0, "gpu": 3}  # the gpu queue still holds tasks: its workers are busy
+    sent: list[int] = []
+
+    def resend() -> list[int]:
+        return job_ops.resend_lost_tasks(
+            session, STALE, waiting_in_broker=waiting.__getitem__, send=lambda j: sent.append(j.id)
+        )
+
+    before = _state(session, lost).sent_at
+    assert resend() == [lost] and sent == [lost]
+    job = _state(session, lost)
+    assert job.state == JobState.queued and job.sent_at > before
+    events = session.scalars(select(JobEvent).where(JobEvent.job_id == lost)).all()
+    assert "still queued 60 s after its task was sent, and queue 'cpu' holds no task" in (
+        events[-1].message
+    )
+    # The clock starts again: the next round sends nothing, nor does one for the other jobs.
+    assert resend() == [] and sent == [lost]
+    for job_id, state in ((fresh, JobState.queued), (backlog, JobState.queued),
+                          (running, JobState.running)):  # fmt: skip
+        assert _state(session, job_id).state == state
+    waiting["gpu"] = 0
+    assert resend() == [backlog]
+
+
+def test_a_broker_error_leaves_a_lost_task_for_the_next_round(session: Session) -> None:
+    lost = _queued(session, timedelta(minutes=5))
+    before = _state(session, lost).sent_at
+
+    def broker_down(job: Job) -> None:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        job_ops.resend_lost_tasks(session, STALE, lambda queue: 0, send=broker_down)
+    assert _state(session, lost).sent_at == before
+    assert job_ops.resend_lost_tasks(session, STALE, lambda queue: 0, lambda j: None) == [lost]
+
+
+def test_a_requeued_job_is_stamped_as_sent(session: Session) -> None:
+    lost = _running(session, timedelta(minutes=5), attempt=1)
+    job_ops.reap_stale_jobs(session, STALE, send=lambda j: None)
+    assert _state(session, lost).sent_at is not None  # running jobs had none

@@ -1,11 +1,17 @@
 """A running service for route tests: migrated database, API client, real worker process."""
 
+import contextlib
+import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -25,20 +31,60 @@ TINY_TRAIN = {
 }  # fmt: skip
 
 
-@pytest.fixture(params=["postgres+redis", "sqlite+filesystem"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A migrated database, an API client, a real worker process and a dataset."""
+# How .ci/run starts the local Redis: nothing kept on disk, so a restart loses every task.
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+    "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+def require_local_redis(redis_url: str) -> None:
+    """Skip unless ``redis_url`` is the local Redis of .ci/run and it can be restarted."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    if not redis_url.startswith("redis://127.0.0.1:6379"):
+        pytest.skip("restarts only the local Redis that .ci/run starts")
+
+
+def restart_redis(redis_url: str) -> None:
+    """Shut the local Redis down without saving and start it again, empty."""
+    require_local_redis(redis_url)
+    server = redis.Redis.from_url(redis_url)
+    with contextlib.suppress(redis.ConnectionError):  # it may close the connection as it goes
+        server.shutdown(nosave=True)
+    subprocess.run(REDIS_START, check=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            server.ping()
+            return
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "Redis did not come back"
+            time.sleep(0.2)
+
+
+@contextmanager
+def running_service(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    backend: str,
+    with_worker: bool = True,
+    **settings: Any,
+) -> Iterator[dict[str, Any]]:
+    """A migrated database, an API client, a dataset and (``with_worker``) a real worker
+    process; ``env`` starts more workers. ``settings`` override the API's settings."""
     home = tmp_path / "home"
-    if request.param == "postgres+redis":
+    if backend == "postgres+redis":
         database_url = request.getfixturevalue("postgres_url")
         broker_url = request.getfixturevalue("redis_url")
     else:
         database_url, broker_url = f"sqlite:///{tmp_path / 'e2e.db'}", ""
     upgrade(database_url)
     # Heartbeats and the reaper at test speed: a killed worker's job is recovered in seconds.
-    settings = Settings(
+    api_settings = Settings(
         home=home, database_url=database_url, broker_url=broker_url or None,
-        heartbeat_interval_s=0.5, stale_after_s=5, reaper_interval_s=0.5,
+        heartbeat_interval_s=0.5, stale_after_s=5, reaper_interval_s=0.5, **settings,
     )  # fmt: skip
     queue = f"test-{uuid.uuid4().hex[:8]}"
     env = {
@@ -46,10 +92,11 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
         "AETRAIN_BROKER_URL": broker_url, "OMP_NUM_THREADS": "1",
         "AETRAIN_HEARTBEAT_INTERVAL_S": "0.5",
     }  # fmt: skip
-    worker = start_worker(env, queue, tmp_path / "worker.log", pool="prefork")
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, queue, log, pool="prefork") if with_worker else None
     data = tmp_path / "shapes"
     generate_dataset("shapes", data, train=16, val=4, size=96, seed=1, min_scale=0.1)
-    alice, mallory = _key(settings, "alice"), _key(settings, "mallory")
+    alice, mallory = _key(api_settings, "alice"), _key(api_settings, "mallory")
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:
         tenant = session.execute(select(Tenant.id).where(Tenant.name == "alice")).scalar_one()
@@ -59,14 +106,23 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
         dataset_id = dataset.id
     engine.dispose()
     try:
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(api_settings)) as client:
             yield {
                 "client": client,
                 "auth": alice,
                 "other": mallory,
                 "queue": queue,
                 "dataset_id": dataset_id,
-                "log": tmp_path / "worker.log",
+                "log": log,
+                "env": env,
             }
     finally:
-        stop_worker(worker)
+        if worker is not None:
+            stop_worker(worker)
+
+
+@pytest.fixture(params=["postgres+redis", "sqlite+filesystem"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A migrated database, an API client, a real worker process and a dataset."""
+    with running_service(request, tmp_path, request.param) as running:
+        yield running

@@ -118,3 +118,34 @@ def test_cancel_running_and_queued_jobs(service: dict[str, Any]) -> None:
     queued = client.post("/v1/jobs", json={**spec, "queue": "nobody"}, headers=auth).json()
     cancelled = client.post(f"/v1/jobs/{queued['id']}/cancel", headers=auth).json()
     assert cancelled["state"] == "cancelled" and cancelled["started_at"] is None
+
+
+def test_non_finite_loss_rolls_back_and_replaces_the_diverged_metrics(
+    service: dict[str, Any],
+) -> None:
+    client, auth = service["client"], service["auth"]
+    # lr 10 diverges by the third step; each step is evaluated, so the steps before it are
+    # stored when it does. One rollback to iteration 0 goes on at lr 10 * 3e-4 = 0.003.
+    train = {**TINY_TRAIN, "max_batches": 12, "learning_rate": 10.0, "burn_in": 0,
+             "eval_interval": 1, "val_limit": 2,
+             "nan_rollbacks": 1, "nan_lr_factor": 3e-4}  # fmt: skip
+    spec = {"model": "yolov3-tiny-small", "dataset_id": service["dataset_id"], "seed": 2,
+            "queue": service["queue"], "train": train}  # fmt: skip
+    created = client.post("/v1/jobs", json=spec, headers=auth)
+    assert created.status_code == 201, created.text
+    url = f"/v1/jobs/{created.json()['id']}"
+    job = _wait(client, url, auth, lambda j: j["state"] not in ("queued", "running"), 240)
+    assert job["state"] == "succeeded", (job, service["log"].read_text()[-3000:])
+    rates = client.get(f"{url}/metrics?keys=lr", headers=auth).json()["data"]
+    assert [m["step"] for m in rates] == list(range(1, 13))
+    assert all(abs(m["value"] - 0.003) < 1e-9 for m in rates), rates  # none of the lr-10 steps
+    log = [event["message"] for event in client.get(f"{url}/log", headers=auth).json()]
+    assert any("rolled back to iteration 0" in message for message in log), log
+
+    # Without rollbacks the same job fails, naming the iteration and the last finite loss.
+    failing = {**spec, "train": {**train, "nan_rollbacks": 0}}
+    url = f"/v1/jobs/{client.post('/v1/jobs', json=failing, headers=auth).json()['id']}"
+    job = _wait(client, url, auth, lambda j: j["state"] not in ("queued", "running"), 240)
+    assert job["state"] == "failed"
+    assert "non-finite at iteration" in job["failure_reason"], job
+    assert "last finite loss" in job["failure_reason"], job

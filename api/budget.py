@@ -1,0 +1,151 @@
+"""What training a network asks of a worker, from its darknet layer table alone (no torch).
+
+The API refuses a cfg or a job over this server's budgets before any worker sees it: compute
+per image (``AETRAIN_MAX_BFLOPS``, checked in the routes), parameters (``AETRAIN_MAX_PARAMS_M``)
+and the memory of one training step (``AETRAIN_MAX_TRAIN_MEMORY_GIB``).
+
+The memory estimate counts float32 values: the activations the forward pass of one micro-batch
+keeps for the backward pass, at the largest input size the job trains at, plus the weights,
+their gradients and SGD's momentum. ``tests/api/test_budget.py`` checks it against what PyTorch
+actually saves for the bundled cfgs.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ae_model.cfg import (
+    ConvolutionalSection,
+    DarknetConfig,
+    LayerRow,
+    MaxpoolSection,
+    RegionSection,
+    YoloSection,
+)
+from api.job_spec import TrainSpec
+
+BYTES_PER_VALUE = 4  # float32
+PARAMETER_COPIES = 3  # weights, gradients, momentum
+GIB = 2**30
+# Darknet's multi-scale training (random=1) reaches 1.4 times the base size, in steps of 32
+# (ae_model.data.multiscale_size; a test keeps the two in step).
+MULTISCALE_DEFAULT_COEF = 1.4
+SIZE_STEP = 32
+
+
+def parameter_count(rows: Sequence[LayerRow]) -> int:
+    """Trainable parameters of the network ``rows`` describe: each [convolutional] layer's
+    kernel (``in_channels / groups x filters x size x size``) and its bias, or with
+    ``batch_normalize`` the batch norm's scale and shift. No other layer type has any."""
+    total = 0
+    for row in rows:
+        conv = row.section
+        if isinstance(conv, ConvolutionalSection):
+            kernel = row.input[2] // conv.groups * conv.filters * conv.size * conv.size
+            total += kernel + conv.filters * (2 if conv.batch_normalize else 1)
+    return total
+
+
+def _saved_per_output(row: LayerRow) -> int:
+    """Values the backward pass keeps per output value of ``row``: a convolution's output, the
+    batch norm's and the activation's outputs where present; a max pool's output and its
+    argmax indices (int64, two float32s); one for the other layers."""
+    section = row.section
+    if isinstance(section, ConvolutionalSection):
+        return 1 + section.batch_normalize + (section.activation != "linear")
+    if isinstance(section, MaxpoolSection):
+        return 3
+    return 1
+
+
+def saved_activations(rows: Sequence[LayerRow]) -> int:
+    """Values per image the forward pass keeps for the backward pass (a float32 each)."""
+    return sum(_saved_per_output(row) * math.prod(row.output) for row in rows)
+
+
+def largest_training_size(config: DarknetConfig, train: TrainSpec) -> tuple[int, int]:
+    """The largest ``(width, height)`` a job trains at: its size, or with multi-scale (the
+    heads' ``random``, or ``train.multiscale``) darknet's largest multi-scale size."""
+    width = train.width or config.net.width
+    height = train.height or config.net.height
+    heads = [s for s in config.sections if isinstance(s, YoloSection | RegionSection)]
+    cfg_random = max((head.random for head in heads), default=0.0)
+    if train.multiscale is None:
+        random = cfg_random
+    else:
+        random = (cfg_random or 1.0) if train.multiscale else 0.0
+    if random < 1:
+        return width, height
+    coef = MULTISCALE_DEFAULT_COEF if random == 1 else random
+    return _multiscale_side(coef, width), _multiscale_side(coef, height)
+
+
+def _multiscale_side(coef: float, side: int) -> int:
+    # darknet: round(coef * side / 32 + 1) * 32, rounding halves away from zero.
+    return math.floor(coef * side / SIZE_STEP + 1.5) * SIZE_STEP
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Estimated memory of one training step (see the module's docstring)."""
+
+    micro_batch: int
+    batch: int
+    subdivisions: int
+    width: int
+    height: int
+    multiscale: bool
+    activation_bytes: int
+    parameter_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.activation_bytes + self.parameter_bytes
+
+    def over_budget(self, budget_gib: float) -> str | None:
+        """What to change when the step needs more than ``budget_gib``; None if it fits."""
+        if self.total_bytes <= budget_gib * GIB:
+            return None
+        size = f"{self.width}x{self.height}" + (" (the largest multi-scale size)" * self.multiscale)
+        return (
+            f"a training step needs about {self.total_bytes / GIB:.1f} GiB: "
+            f"{self.activation_bytes / GIB:.1f} GiB of activations for a micro-batch of "
+            f"{self.micro_batch} images (batch={self.batch} / subdivisions={self.subdivisions}) "
+            f"at {size}, and {self.parameter_bytes / GIB:.1f} GiB of weights, gradients and "
+            f"momentum; that is over this server's budget of {budget_gib:g} GiB: raise "
+            "subdivisions, lower batch or width/height, or set multiscale to false"
+        )
+
+
+def training_step_memory(config: DarknetConfig, train: TrainSpec) -> StepMemory:
+    """The memory estimate of a training step of ``config`` with ``train``'s overrides.
+
+    Raises ``CfgError`` when the layers do not fit together at the largest training size.
+    """
+    batch = train.batch or config.net.batch
+    subdivisions = train.subdivisions or config.net.subdivisions
+    micro_batch = max(1, batch // subdivisions)
+    width, height = largest_training_size(config, train)
+    rows = config.layer_table(width, height)
+    base = (train.width or config.net.width, train.height or config.net.height)
+    return StepMemory(
+        micro_batch=micro_batch,
+        batch=batch,
+        subdivisions=subdivisions,
+        width=width,
+        height=height,
+        multiscale=(width, height) != base,
+        activation_bytes=BYTES_PER_VALUE * micro_batch * saved_activations(rows),
+        parameter_bytes=BYTES_PER_VALUE * PARAMETER_COPIES * parameter_count(rows),
+    )
+
+
+def parameters_over_budget(rows: Sequence[LayerRow], budget_millions: float) -> str | None:
+    """What to change when the network has more than ``budget_millions`` parameters."""
+    count = parameter_count(rows)
+    if count <= budget_millions * 1e6:
+        return None
+    return (
+        f"the network has {count / 1e6:.1f} M parameters, over this server's budget of "
+        f"{budget_millions:g} M; use fewer or narrower layers (smaller filters= or size=)"
+    )
