@@ -171,6 +171,9 @@ def train(
     ] = 0.1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 2,
+    world_size: Annotated[
+        int, typer.Option(min=1, help="Data-parallel processes (one per GPU on CUDA).")
+    ] = 1,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint.")] = None,
 ) -> None:
     """Train a darknet cfg on a dataset; writes last.pt, best.pt, results.csv, results.png."""
@@ -183,7 +186,7 @@ def train(
         batch=batch, subdivisions=subdivisions, learning_rate=learning_rate, burn_in=burn_in,
         width=width, height=height, multiscale=multiscale, device=device, workers=workers,
         eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
-        nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor,
+        nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor, world_size=world_size,
         ae=_ae_config(ae_layers, ae_stride, ae_schedule, ae_iterations, ae_alpha_max, ae_mode,
                       ae_detach),
     )  # fmt: skip

@@ -629,7 +629,9 @@ class IterationBatchSampler(Sampler[list[SampleRequest]]):
     ``(seed, e)``; batches run across epoch ends as darknet's do. Every micro-batch of
     iteration ``t`` has the input size :func:`multiscale_size` of ``(seed, t)``. Starting at
     ``start_iteration`` costs one permutation; ``iterations`` (absolute, exclusive) ends the
-    stream, None never does.
+    stream, None never does. With ``world_size`` > 1 (data-parallel training) it yields only
+    the micro-batches of process ``rank``: micro-batch ``j`` of each iteration goes to process
+    ``j % world_size``, so the processes together see exactly the one-process stream.
     """
 
     def __init__(
@@ -643,12 +645,19 @@ class IterationBatchSampler(Sampler[list[SampleRequest]]):
         subdivisions: int = 1,
         start_iteration: int = 0,
         iterations: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if num_samples < 1:
             raise ValueError("the training dataset is empty")
         if batch_size < 1 or subdivisions < 1:
             raise ValueError(
                 f"batch_size and subdivisions must be >= 1, got {batch_size}, {subdivisions}"
+            )
+        if world_size < 1 or subdivisions % world_size or not 0 <= rank < world_size:
+            raise ValueError(
+                f"subdivisions={subdivisions} must be a multiple of world_size={world_size}, "
+                f"and rank={rank} in 0..{world_size - 1}"
             )
         if start_iteration < 0:
             raise ValueError(f"start_iteration must be >= 0, got {start_iteration}")
@@ -660,11 +669,14 @@ class IterationBatchSampler(Sampler[list[SampleRequest]]):
         self.subdivisions = subdivisions
         self.start_iteration = start_iteration
         self.iterations = iterations
+        self.rank = rank
+        self.world_size = world_size
 
     def __len__(self) -> int:
         if self.iterations is None:
             raise TypeError("an endless training loader has no length; pass iterations")
-        return max(0, self.iterations - self.start_iteration) * self.subdivisions
+        per_process = self.subdivisions // self.world_size
+        return max(0, self.iterations - self.start_iteration) * per_process
 
     def __iter__(self) -> Iterator[list[SampleRequest]]:
         epoch, order = -1, np.zeros(0, dtype=np.int64)
@@ -673,7 +685,8 @@ class IterationBatchSampler(Sampler[list[SampleRequest]]):
             width, height = multiscale_size(
                 self.seed, iteration, self.size, self.multiscale, self.iterations
             )
-            for micro in range(iteration * self.subdivisions, (iteration + 1) * self.subdivisions):
+            first = iteration * self.subdivisions + self.rank
+            for micro in range(first, (iteration + 1) * self.subdivisions, self.world_size):
                 batch = []
                 for position in range(micro * self.batch_size, (micro + 1) * self.batch_size):
                     if position // self.num_samples != epoch:
@@ -780,13 +793,16 @@ def build_loader(
     subdivisions: int = 1,
     start_iteration: int = 0,
     iterations: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader[Any]:
     """A loader of batches in the ``docs/contracts.md`` batch contract.
 
     ``img_size``: the network input, ``width`` or ``(width, height)``, multiples of 32.
     ``train=True``: an :class:`IterationBatchSampler` stream of ``(images (B, 3, H, W), targets
     (N, 6))`` micro-batches of ``batch_size`` images, ``subdivisions`` per optimizer iteration,
-    from iteration ``start_iteration`` to ``iterations`` (None: endless), augmented with
+    from iteration ``start_iteration`` to ``iterations`` (None: endless; with ``world_size``
+    > 1 only process ``rank``'s share of each iteration's micro-batches), augmented with
     ``augment_params`` (default: none) at :func:`multiscale_size` sizes (``multiscale`` is
     darknet's ``random`` value). With darknet's ``batch`` and ``subdivisions``, pass
     ``batch_size=batch // subdivisions``. ``train=False``: each image once, in dataset order,
@@ -810,6 +826,8 @@ def build_loader(
             subdivisions=subdivisions,
             start_iteration=start_iteration,
             iterations=iterations,
+            rank=rank,
+            world_size=world_size,
         )
         view = _TrainView(dataset, seed, augment_params or AugmentParams())
         collate: Any = _collate_train
@@ -820,10 +838,11 @@ def build_loader(
             or subdivisions != 1
             or start_iteration
             or iterations is not None
+            or world_size != 1
         ):
             raise ValueError(
                 "evaluation loaders take no multiscale, augment_params, subdivisions, "
-                "start_iteration or iterations; they letterbox every image once"
+                "start_iteration, iterations or world_size; they letterbox every image once"
             )
         sampler = _EvalBatchSampler(len(dataset), batch_size, (width, height))
         view = _EvalView(dataset)

@@ -6,10 +6,12 @@ the loop). Training is iteration-based like darknet: ``max_batches`` optimizer s
 ``batch`` images split into ``subdivisions`` micro-batches whose gradients accumulate.
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
 import random
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
+from ae_model import distributed
 from ae_model.cfg import RegionSection, YoloSection, parse_cfg, resolve_cfg, retarget_classes
 from ae_model.darknet import Darknet
 from ae_model.data import AugmentParams, build_loader, open_dataset, unletterbox_boxes
@@ -104,6 +108,9 @@ class TrainConfig:
     """On a non-finite loss, go back to the last checkpoint with the learning rate times
     ``nan_lr_factor``, at most this many times in the run; 0: stop with the error at once."""
     nan_lr_factor: float = 0.1
+    world_size: int = 1
+    """Processes training data-parallel (DDP: gloo on CPU, NCCL on CUDA with one GPU each);
+    each takes ``subdivisions / world_size`` of an iteration's micro-batches."""
     resolved: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,9 +152,11 @@ class Hook:
         """Called once at the end, also when training stopped early or failed."""
 
 
-def _select_device(name: str) -> torch.device:
+def _select_device(name: str, rank: int = 0, world_size: int = 1) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world_size > 1:
+        return torch.device("cuda", rank)  # one GPU per process
     return torch.device(name)
 
 
@@ -183,6 +192,8 @@ class Trainer:
         config: the run's settings; ``None`` fields are resolved from the cfg's ``[net]``.
         hooks: called at the points named in :class:`Hook`.
         resume: a checkpoint path to continue from exactly.
+        rank, address: with ``config.world_size`` > 1, this process's rank and the rendezvous
+            address of the run; rank 0 (the caller's) starts the other ranks itself.
     """
 
     def __init__(
@@ -190,10 +201,16 @@ class Trainer:
         config: TrainConfig,
         hooks: Sequence[Hook] = (),
         resume: str | Path | None = None,
+        rank: int = 0,
+        address: str | None = None,
     ) -> None:
         self.config = config
         self.hooks = list(hooks)
-        self.device = _select_device(config.device)
+        self.rank = rank
+        self.address = address
+        self.resumed_from = Path(resume) if resume is not None else None
+        self.ddp: DistributedDataParallel | None = None
+        self.device = _select_device(config.device, rank, config.world_size)
         self.out = Path(config.out)
         self.stop_requested = False
         self.iteration = 0
@@ -298,6 +315,13 @@ class Trainer:
                 f"batch={batch} is not divisible by subdivisions={subdivisions}; "
                 "each micro-batch must hold batch/subdivisions images"
             )
+        world = config.world_size
+        if world < 1 or subdivisions % world:
+            raise ValueError(
+                f"world_size={world} processes share each iteration's subdivisions="
+                f"{subdivisions} micro-batches: set subdivisions to a multiple of world_size "
+                f"(e.g. subdivisions={max(world, 1)} for batch/{max(world, 1)} images per process)"
+            )
         heads = self.model.heads
         # Darknet's `random` (on the heads): 0 off, 1 sizes base/1.4..base*1.4, r>1 base/r..base*r.
         cfg_random = max((float(getattr(h, "random", 0)) for h in heads), default=0.0)
@@ -379,13 +403,33 @@ class Trainer:
             subdivisions=r["subdivisions"],
             start_iteration=self.iteration,
             iterations=r["max_batches"],
+            rank=self.rank,
+            world_size=self.config.world_size,
         )
         return iter(loader)
 
     def train(self) -> dict[str, float]:
         """Run to ``max_batches`` (or until a hook sets ``stop_requested``); final metrics."""
-        r = self.config.resolved
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.config.world_size == 1:
+            return self._train()
+        peers: list[subprocess.Popen[bytes]] = []
+        if self.rank == 0:
+            self.address, peers = distributed.start_peers(self, self.resumed_from)
+        assert self.address is not None, "ranks > 0 get the rendezvous address of rank 0"
+        try:
+            distributed.init(self, self.address)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+            final = self._train()
+        except BaseException:
+            distributed.finish(self, self.address, peers, check=False)
+            raise
+        distributed.finish(self, self.address, peers)
+        return final
+
+    def _train(self) -> dict[str, float]:
+        r = self.config.resolved
         for hook in self.hooks:
             hook.before_train(self)
         final: dict[str, float] = {}
@@ -394,7 +438,7 @@ class Trainer:
             if self.config.nan_rollbacks and not last.exists():
                 self.save_checkpoint(last)  # something to roll back to before the first one
             batches = self._batches()
-            while self.iteration < r["max_batches"] and not self.stop_requested:
+            while self.iteration < r["max_batches"] and not self._stopping():
                 try:
                     metrics = self.train_step(batches)
                 except NonFiniteLossError as error:
@@ -408,7 +452,7 @@ class Trainer:
                     hook.after_step(self, metrics)
                 done = self.iteration == r["max_batches"]
                 every = self.config.eval_interval
-                if (every and self.iteration % every == 0) or done:
+                if ((every and self.iteration % every == 0) or done) and self.rank == 0:
                     final = self.evaluate()  # first, so last.pt records the best metric
                 interval = self.config.checkpoint_interval
                 if (interval and self.iteration % interval == 0) or done:
@@ -419,6 +463,12 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_train(self)
         return final
+
+    def _stopping(self) -> bool:
+        """Whether to stop now; with several processes, all stop when rank 0's hooks ask."""
+        if self.ddp is not None:
+            self.stop_requested = distributed.any_rank(self.stop_requested, self.device)
+        return self.stop_requested
 
     def roll_back(self, path: Path, error: NonFiniteLossError) -> None:
         """Continue from checkpoint ``path`` with the learning rate times ``nan_lr_factor``."""
@@ -448,26 +498,36 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(4, device=self.device)
         images_seen = 0
-        for _ in range(r["subdivisions"]):
+        world = self.config.world_size
+        mine = r["subdivisions"] // world  # micro-batches of this process
+        network = self.ddp or self.model
+        for j in range(mine):
             images, targets = next(batches)
             images = images.to(self.device, non_blocking=True)
             if self.device.type == "cuda" and self.config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(self.device, non_blocking=True)
             self.context.set(targets, images.shape[0], self.iteration)
-            with torch.autocast(
-                self.device.type, dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None,
-            ):  # fmt: skip
-                outputs = self.model(images)
-            seen = self.iteration * r["batch"] + images_seen
-            out = self.loss_fn(
-                [o.float() for o in outputs], targets, (images.shape[3], images.shape[2]), seen
-            )
-            self.scaler.scale(out.loss / r["subdivisions"]).backward()
+            with self._gradient_sync(last=j == mine - 1):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.float32,
+                    enabled=self.amp_dtype is not None,
+                ):  # fmt: skip
+                    outputs = network(images)
+                # Micro-batch j of this process is the iteration's j*world+rank (the sampler's).
+                seen = self.iteration * r["batch"] + (j * world + self.rank) * images.shape[0]
+                out = self.loss_fn(
+                    [o.float() for o in outputs], targets, (images.shape[3], images.shape[2]),
+                    seen,
+                )  # fmt: skip
+                # DDP averages over the processes: times world, the mean over all micro-batches.
+                self.scaler.scale(out.loss * world / r["subdivisions"]).backward()
             totals += torch.stack([out.loss.detach(), out.box, out.obj, out.cls])
             images_seen += images.shape[0]
         self.context.clear()
+        if self.ddp is not None:
+            torch.distributed.all_reduce(totals)  # every rank sees the step's loss, NaN included
+            images_seen *= world
         totals /= r["subdivisions"]
         loss, box, obj, cls = totals.tolist()  # the one host sync per step
         if not math.isfinite(loss):
@@ -498,6 +558,12 @@ class Trainer:
         if self.device.type == "cuda":
             metrics["gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return metrics
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP averages gradients once per step, in the backward of the last micro-batch."""
+        if self.ddp is None or last:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -554,7 +620,10 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write atomically: a crash mid-write never leaves a truncated ``last.pt``."""
+        """Write atomically: a crash mid-write never leaves a truncated ``last.pt``. With
+        several processes, rank 0 writes (the model is the same on every rank)."""
+        if self.rank:
+            return
         for hook in self.hooks:
             hook.before_checkpoint(self, path)
         path.parent.mkdir(parents=True, exist_ok=True)

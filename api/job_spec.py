@@ -74,6 +74,12 @@ class TrainSpec(StrictModel):
     checkpoint_interval: Annotated[int, Field(ge=1)] = 100
     val_limit: Annotated[int | None, Field(ge=1)] = None
     workers: Annotated[int, Field(ge=0, le=32)] = 2
+    world_size: Annotated[
+        int,
+        Field(ge=1, le=16,
+              description="Processes training the job data-parallel (DDP) on its worker: one "
+              "per GPU on a GPU worker; subdivisions must be a multiple of it."),
+    ] = 1  # fmt: skip
     nan_rollbacks: Annotated[
         int,
         Field(ge=0, le=10,

@@ -128,6 +128,14 @@ def _check_size(spec: JobCreate, cfg: DarknetConfig, settings: Settings) -> list
             f"batch={memory.batch} must be divisible by subdivisions={memory.subdivisions} "
             "(the cfg's unless train sets it); set train.batch and train.subdivisions together",
         )
+    world = spec.train.world_size
+    if memory.subdivisions % world:  # subdivisions may come from the cfg's [net]
+        raise _unprocessable(
+            ["train", "world_size"],
+            f"world_size={world} processes share each iteration's subdivisions="
+            f"{memory.subdivisions} micro-batches: set train.subdivisions to a multiple of "
+            f"{world} (and batch to a multiple of that)",
+        )
     too_large = memory.over_budget(settings.max_train_memory_gib)
     if too_large:
         raise _unprocessable(["train"], too_large)

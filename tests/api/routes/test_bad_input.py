@@ -228,6 +228,10 @@ CASES = [
          "train.batch: batch=10 must be divisible by subdivisions=16 (the cfg's unless train "
          "sets it)",
          json=job(model="yolov3", train={"batch": 10})),
+    Case("train-world-size-not-dividing-subdivisions", "POST", JOBS, 422,
+         "train.world_size: world_size=3 processes share each iteration's subdivisions=16 "
+         "micro-batches: set train.subdivisions to a multiple of 3",
+         json=job(model="yolov3", train={"world_size": 3})),
     Case("train-max-batches-and-epochs", "POST", JOBS, 422, "give max_batches or epochs, not both",
          json=job(train={"max_batches": 10, "epochs": 1})),
     Case("train-zero-learning-rate", "POST", JOBS, 422,

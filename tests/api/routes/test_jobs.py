@@ -8,6 +8,7 @@ import io
 import time
 from typing import Any
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -120,6 +121,15 @@ def test_cancel_running_and_queued_jobs(service: dict[str, Any]) -> None:
     assert cancelled["state"] == "cancelled" and cancelled["started_at"] is None
 
 
+def _run(service: dict[str, Any], spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Submit ``spec`` and wait for its outcome: the job's URL and its final state."""
+    client, auth = service["client"], service["auth"]
+    created = client.post("/v1/jobs", json=spec, headers=auth)
+    assert created.status_code == 201, created.text
+    url = f"/v1/jobs/{created.json()['id']}"
+    return url, _wait(client, url, auth, lambda j: j["state"] not in ("queued", "running"), 240)
+
+
 def test_non_finite_loss_rolls_back_and_replaces_the_diverged_metrics(
     service: dict[str, Any],
 ) -> None:
@@ -131,10 +141,7 @@ def test_non_finite_loss_rolls_back_and_replaces_the_diverged_metrics(
              "nan_rollbacks": 1, "nan_lr_factor": 3e-4}  # fmt: skip
     spec = {"model": "yolov3-tiny-small", "dataset_id": service["dataset_id"], "seed": 2,
             "queue": service["queue"], "train": train}  # fmt: skip
-    created = client.post("/v1/jobs", json=spec, headers=auth)
-    assert created.status_code == 201, created.text
-    url = f"/v1/jobs/{created.json()['id']}"
-    job = _wait(client, url, auth, lambda j: j["state"] not in ("queued", "running"), 240)
+    url, job = _run(service, spec)
     assert job["state"] == "succeeded", (job, service["log"].read_text()[-3000:])
     rates = client.get(f"{url}/metrics?keys=lr", headers=auth).json()["data"]
     assert [m["step"] for m in rates] == list(range(1, 13))
@@ -143,9 +150,30 @@ def test_non_finite_loss_rolls_back_and_replaces_the_diverged_metrics(
     assert any("rolled back to iteration 0" in message for message in log), log
 
     # Without rollbacks the same job fails, naming the iteration and the last finite loss.
-    failing = {**spec, "train": {**train, "nan_rollbacks": 0}}
-    url = f"/v1/jobs/{client.post('/v1/jobs', json=failing, headers=auth).json()['id']}"
-    job = _wait(client, url, auth, lambda j: j["state"] not in ("queued", "running"), 240)
+    _, job = _run(service, {**spec, "train": {**train, "nan_rollbacks": 0}})
     assert job["state"] == "failed"
     assert "non-finite at iteration" in job["failure_reason"], job
     assert "last finite loss" in job["failure_reason"], job
+
+
+@pytest.mark.parametrize("service", ["postgres+redis"], indirect=True)
+def test_a_job_trains_data_parallel_in_two_processes(service: dict[str, Any]) -> None:
+    client, auth = service["client"], service["auth"]
+    train = {**TINY_TRAIN, "max_batches": 6, "subdivisions": 2, "eval_interval": 0,
+             "world_size": 2}  # fmt: skip
+    spec = {"model": "yolov3-tiny-small", "dataset_id": service["dataset_id"], "seed": 1,
+            "queue": service["queue"], "train": train}  # fmt: skip
+    url, job = _run(service, spec)
+    assert job["state"] == "succeeded", (job, service["log"].read_text()[-3000:])
+    losses = client.get(f"{url}/metrics?keys=loss", headers=auth).json()["data"]
+    assert [m["step"] for m in losses] == list(range(1, 7))
+    assert job["resolved"]["subdivisions"] == 2 and "AP" in job["result"]
+
+    # The processes share out micro-batches: one micro-batch cannot go to two of them.
+    refused = client.post(
+        "/v1/jobs", json={**spec, "train": {**train, "subdivisions": 1}}, headers=auth
+    )
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"][0]
+    assert detail["loc"] == ["body", "train", "world_size"], detail
+    assert "multiple of 2" in detail["msg"], detail
