@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from ae_model import __version__
 from api.db import make_engine, make_session_factory
 from api.migrate import check_up_to_date
+from api.page_cache import BodyCache
 from api.reaper import reap_forever
 from api.routes import comparisons, datasets, health, jobs, models
 from api.settings import Settings, get_settings
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
+        app.state.metrics_pages = BodyCache(int(settings.metrics_cache_mib * 2**20))
         app.state.celery = create_celery(settings)
         reaper = asyncio.create_task(
             reap_forever(app.state.session_factory, app.state.celery, settings)

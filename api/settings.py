@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # Per image, at the size it trains at: a budget against cfgs no worker could train
     # (yolov3 at 608x608 is 141 BFLOPs; darknet53 at 1024x1024 about 460).
     max_bflops: float = Field(default=1000.0, gt=0)
+    # Per API process: metric pages of finished jobs kept ready to send (0: none kept).
+    metrics_cache_mib: float = Field(default=64.0, ge=0)
     # Millions of trainable parameters (yolov3 has 62, yolov4 64): checked at upload and submit.
     max_params_m: float = Field(default=500.0, gt=0)
     # GiB one training step of a job may need by api.budget's estimate: activations of a

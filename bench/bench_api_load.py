@@ -67,15 +67,16 @@ def database(url: str | None, home: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def seed(url: str, home: Path, steps: int) -> tuple[str, int, int]:
-    """An API key, a ready dataset row and a job with ``steps`` steps of metrics."""
+def seed(url: str, home: Path, steps: int, state: str) -> tuple[str, int, int]:
+    """An API key, a ready dataset row and a job in ``state`` with ``steps`` steps of
+    metrics."""
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     with sessions() as session:
         key = create_tenant_with_key(session, "bench").key
         tenant = session.scalars(select(Tenant.id)).one()
         dataset = Dataset(tenant_id=tenant, name="bench", path=str(home), class_names=[])
-        job = Job(tenant_id=tenant, spec={})
+        job = Job(tenant_id=tenant, spec={}, state=state)
         session.add_all([dataset, job])
         session.commit()
         now = utcnow()
@@ -201,6 +202,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="metric steps stored for the job")
     parser.add_argument("--ingest-rows", type=int, default=200_000)
     parser.add_argument("--batch-rows", type=int, default=2000, help="rows per worker flush")
+    parser.add_argument(
+        "--job-state", default="running", choices=["running", "succeeded"],
+        help="of the polled job: the API caches a finished job's pages",
+    )  # fmt: skip
     args = parser.parse_args()
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
@@ -208,7 +213,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
         home = Path(tmp)
         kind = make_url(url).get_backend_name()
-        key, dataset_id, job_id = seed(url, home, args.steps)
+        key, dataset_id, job_id = seed(url, home, args.steps, args.job_state)
         rate = ingest(url, args.ingest_rows, args.batch_rows)
         print(f"\ningest ({kind}): {args.ingest_rows:,} rows in batches of {args.batch_rows:,}: "
               f"{rate:,.0f} rows/s")  # fmt: skip
@@ -217,7 +222,8 @@ def main() -> None:
             latencies, failures = asyncio.run(load(base, key, job_id, dataset_id, args))
             wall = time.monotonic() - start
     print(f"\nload ({kind}, {args.api_workers} API process(es)): {args.clients} clients "
-          f"polling a 1,000-point metrics page every {args.poll_s:g} s, {args.submitters} "
+          f"polling a 1,000-point metrics page of a {args.job_state} job every "
+          f"{args.poll_s:g} s, {args.submitters} "
           f"submitting a job every {args.submit_every_s:g} s, for {wall:.0f} s")  # fmt: skip
     print(f"{'request':<14} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
           f"{'max ms':>8} {'no answer':>10}")  # fmt: skip

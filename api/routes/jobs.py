@@ -46,6 +46,7 @@ from api.job_schemas import (
     MetricsPage,
 )
 from api.job_spec import JobCreate, StrideSpec
+from api.page_cache import BodyCache
 from api.schemas import BAD_JSON, MAX_ROW_ID, UNAUTHORIZED
 from api.settings import Settings
 from worker import jobs as job_ops
@@ -306,6 +307,7 @@ def job_log(job_id: int, session: SessionDep, tenant_id: TenantDep) -> list[JobE
 )
 def job_metrics(
     job_id: int,
+    request: Request,
     session: SessionDep,
     tenant_id: TenantDep,
     keys: Annotated[
@@ -322,7 +324,23 @@ def job_metrics(
     ae_alpha, images_per_s, input_size, gpu_mem_mb on CUDA); evaluations as ``val/AP``,
     ``val/AP50``, ..., ``val/AR*``, ``val/AP_class/<category id>`` and ``val/latency_ms``.
     """
-    get_job(session, tenant_id, job_id)
+    job = get_job(session, tenant_id, job_id)
+    # A finished job's history no longer changes (a running one's may: a rollback replaces
+    # steps), so its pages are built once per API process.
+    cache: BodyCache = request.app.state.metrics_pages
+    key = (job_id, job.state, job.finished_at, keys, since_step, limit)
+    final = job.state in TERMINAL_STATES
+    body = cache.get(key) if final else None
+    if body is None:
+        body = _metrics_page(session, job_id, keys, since_step, limit)
+        if final:
+            cache.put(key, body)
+    return Response(body, media_type="application/json")
+
+
+def _metrics_page(
+    session: Session, job_id: int, keys: str | None, since_step: int, limit: int
+) -> bytes:
     # Columns, not ORM objects, serialised in one pass: pages of 1,000 points are what
     # dashboards poll, and building and validating 1,000 models per request is most of the
     # cost (bench/bench_api_load.py). The body is exactly MetricsPage's.
@@ -344,7 +362,7 @@ def job_metrics(
         for key, step, epoch, value, at in rows
     ]
     body = {"data": data, "count": len(data), "next_since_step": next_step}
-    return Response(json.dumps(body, allow_nan=False), media_type="application/json")
+    return json.dumps(body, allow_nan=False).encode()
 
 
 def _json_float(value: float) -> float | None:

@@ -3,7 +3,7 @@
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from ae_model.cfg import bundled_cfg_path
@@ -115,3 +115,36 @@ def test_a_training_size_the_cfg_cannot_take_is_422_not_500(
         assert response.status_code == 422, response.text
         assert "at 32x32: small:" in response.text and "too small for size=3" in response.text
     assert client.get("/v1/jobs", headers=auth).json()["count"] == 0
+
+
+def test_a_finished_jobs_pages_are_kept_and_a_running_jobs_are_not(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], settings: Settings
+) -> None:
+    with _session(settings) as session:
+        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
+        job = Job(tenant_id=tenant, spec={}, state="running")
+        session.add(job)
+        session.flush()
+        session.add_all(Metric(job_id=job.id, key="loss", step=s, value=1.0) for s in (1, 2, 3))
+        session.commit()
+        job_id = job.id
+    url = f"/v1/jobs/{job_id}/metrics?limit=50"
+
+    def steps() -> list[int]:
+        return [m["step"] for m in client.get(url, headers=auth).json()["data"]]
+
+    def execute(statement: Any) -> None:
+        with _session(settings) as session:
+            session.execute(statement)
+            session.commit()
+
+    cache = client.app.state.metrics_pages  # type: ignore[attr-defined]
+    assert steps() == [1, 2, 3] and cache.size == 0
+    execute(delete(Metric).where(Metric.step > 1))  # what a rollback does to a running job
+    assert steps() == [1]  # built afresh
+    execute(update(Job).where(Job.id == job_id).values(state="succeeded"))
+    assert steps() == [1] and cache.size > 0
+    # Kept: a row that turned up under a finished job (none does) would not show.
+    execute(insert(Metric).values(job_id=job_id, key="loss", step=9, value=1.0))
+    assert steps() == [1]
+    assert client.get(url, headers=other_auth).status_code == 404  # still another's job
