@@ -97,9 +97,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="comma-separated: pytorchyolo, ultralytics (skipped with the "
                              "reason when not importable)")  # fmt: skip
     parser.add_argument("--lr", type=float, default=0.001, help="learning rate of every system")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="add a what-if system: aetrain with model and batch in "
-                             "channels_last on CPU (the Trainer does so on CUDA only)")  # fmt: skip
+    parser.add_argument("--contiguous", action="store_true",
+                        help="add a system: aetrain without channels-last memory "
+                             "(TrainConfig.channels_last=False), to see what it gains")  # fmt: skip
     parser.add_argument("--profile", type=int, default=0,
                         help="then profile this many aetrain steps per cfg (0: none)")  # fmt: skip
     parser.add_argument("--profile-rows", type=int, default=15, help="operators listed")
@@ -203,8 +203,9 @@ def xyxy_to_cxcywh(xyxy: torch.Tensor) -> torch.Tensor:
 
 
 def build_aetrain(
-    cfg: str, data: Path, out: Path, args: argparse.Namespace, batch: int
-) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
+    cfg: str, data: Path, out: Path, args: argparse.Namespace, batch: int,
+    channels_last: bool = True,
+) -> tuple[Trainer, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The project's Trainer on ``data`` and one batch of its own training stream.
 
     Returns the trainer, images ``(B, 3, S, S)`` and targets ``(N, 6)`` (image index, class,
@@ -214,6 +215,7 @@ def build_aetrain(
         cfg=cfg, data=str(data), out=str(out), seed=args.seed, max_batches=NO_ITERATION_LIMIT,
         batch=batch, subdivisions=1, learning_rate=args.lr, burn_in=0, width=args.size,
         height=args.size, multiscale=False, device=args.device, checkpoint_interval=0,
+        channels_last=channels_last,
     )  # fmt: skip
     trainer = Trainer(config)
     loader = build_loader(
@@ -449,12 +451,10 @@ def bench_cfg(cfg: str, args: argparse.Namespace, tmp: Path) -> None:
     trainer, images, targets = build_aetrain(cfg, data, tmp / "run", args, batch)
     r = trainer.config.resolved
     systems = [aetrain_system(trainer, images, targets)]
-    if args.channels_last:
+    if args.contiguous:
         torch.manual_seed(args.seed)
-        variant, _, _ = build_aetrain(cfg, data, tmp / "run", args, batch)
-        variant.model.to(memory_format=torch.channels_last)
-        nhwc = images.contiguous(memory_format=torch.channels_last)
-        systems.append(aetrain_system(variant, nhwc, targets, "aetrain, channels_last"))
+        variant, _, _ = build_aetrain(cfg, data, tmp / "run", args, batch, channels_last=False)
+        systems.append(aetrain_system(variant, images, targets, "aetrain, contiguous"))
     # The Trainer's cfg (retargeted to the data's classes) is what every darknet peer parses.
     cfg_file = tmp / f"{Path(cfg).stem}-{len(r['classes'])}.cfg"
     cfg_file.write_text(r["cfg_text"])

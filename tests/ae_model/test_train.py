@@ -189,7 +189,8 @@ class PoisonAfterEval(Hook):
     def after_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if trainer.iteration == self.iteration and not trainer.rollbacks:
             with torch.no_grad():
-                next(trainer.model.parameters()).view(-1)[0] = math.nan
+                weight = next(trainer.model.parameters())
+                weight[(0,) * weight.dim()] = math.nan
 
 
 def test_rollback_mid_run_replaces_the_abandoned_rows(shapes: Path, tmp_path: Path) -> None:
