@@ -15,6 +15,7 @@ import logging
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # How long rank 0 waits for the other ranks to exit after the run before killing them.
 JOIN_TIMEOUT_S = 30.0
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
 
 
 def backend(device: torch.device) -> str:
@@ -80,6 +82,9 @@ def init(trainer: "Trainer", address: str) -> None:
         init_method=address,
         rank=trainer.rank,
         world_size=trainer.config.world_size,
+        # The other ranks wait in a collective while rank 0 evaluates, however long that
+        # takes; a rank that dies is noticed by its closed connection, not by this timeout.
+        timeout=COLLECTIVE_TIMEOUT,
     )
 
 
