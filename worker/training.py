@@ -117,8 +117,8 @@ class DatabaseHook(Hook):
         self.flush(trainer)
 
     def after_rollback(self, trainer: Trainer, error: NonFiniteLossError) -> None:
-        # The steps after the checkpoint are trained again: their stored and buffered rows go,
-        # in the same transaction as the replay's first rows.
+        # The steps after the checkpoint are trained again: their buffered rows go now, and
+        # their stored rows before the replay writes any (this flush waits for the database).
         step = trainer.iteration
         self.buffer = [row for row in self.buffer if row[1] <= step]
         self.rolled_back = (
