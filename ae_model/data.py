@@ -454,9 +454,14 @@ def augment(
     dexp = _rand_scale(params.exposure, u[8], u[9])
     if (dhue, dsat, dexp) != (0, 1, 1):
         image = _hsv_jitter(image, dhue, dsat, dexp)
+    return (image, *_large_enough(boxes, sample.classes))
+
+
+def _large_enough(boxes: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes (as float32) and classes whose sides are both at least ``MIN_BOX_SIDE``."""
     boxes = boxes.astype(np.float32)
     keep = (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
-    return image, boxes[keep], sample.classes[keep]
+    return boxes[keep], classes[keep]
 
 
 MOSAIC_CENTRE = (0.2, 0.8)
@@ -498,10 +503,7 @@ def mosaic(
         moved = boxes + np.array([x1 - sx, y1 - sy] * 2, dtype=np.float32)
         all_boxes.append(np.clip(moved, [x1, y1, x1, y1], [x2, y2, x2, y2]))
         all_classes.append(classes)
-    boxes = np.concatenate(all_boxes).astype(np.float32)
-    classes = np.concatenate(all_classes)
-    keep = (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
-    return canvas, boxes[keep], classes[keep]
+    return (canvas, *_large_enough(np.concatenate(all_boxes), np.concatenate(all_classes)))
 
 
 def _rand_scale(limit: float, magnitude: float, coin: float) -> float:

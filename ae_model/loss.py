@@ -259,6 +259,13 @@ def _xy(ref: Tensor, x: float, y: float) -> Tensor:
     return torch.stack((ref.new_full((), x), ref.new_full((), y)))
 
 
+def _cell_offsets(ref: Tensor, gh: int, gw: int) -> Tensor:
+    """``(h, w, 2)``: each grid cell's column and row, on ``ref``'s device and dtype."""
+    rows = torch.arange(gh, device=ref.device, dtype=ref.dtype)
+    cols = torch.arange(gw, device=ref.device, dtype=ref.dtype)
+    return torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)
+
+
 def _head_loss(out: Tensor, head: YoloHead, truths: _Truths, img_size: tuple[int, int]) -> _Sums:
     """Unnormalised loss terms and diagnostics of one head; ``out`` is ``(B, A*(5+C), h, w)``."""
     batch, channels, gh, gw = out.shape
@@ -276,9 +283,7 @@ def _head_loss(out: Tensor, head: YoloHead, truths: _Truths, img_size: tuple[int
     obj_logit, cls_logit = pred[..., 4], pred[..., 5:]  # (B, A, h, w), (B, A, h, w, C)
 
     with torch.no_grad():
-        rows = torch.arange(gh, device=out.device, dtype=out.dtype)
-        cols = torch.arange(gw, device=out.device, dtype=out.dtype)
-        offset = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)  # (h, w, 2)
+        offset = _cell_offsets(out, gh, gw)
         boxes = _decode(pred[..., :4], offset, anchors[:, None, None], grid, net, head.scale_x_y)
         class_match = (cls_logit > _CLASS_MATCH_LOGIT).any(dim=-1)
         ignore, thresh_pairs = _match_predictions(boxes, class_match, head, truths)

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ae_model.loss import LossOutput, _iou_cxcywh, _prepare_truths, _truth_ious, _xy
+from ae_model.loss import (
+    LossOutput,
+    _cell_offsets,
+    _iou_cxcywh,
+    _prepare_truths,
+    _truth_ious,
+    _xy,
+)
 
 __all__ = ["PRIOR_IMAGES", "PRIOR_SCALE", "RegionHead", "RegionLoss"]
 
@@ -121,9 +128,7 @@ class RegionLoss(nn.Module):
         grid = _xy(out, gw, gh)
 
         with torch.no_grad():
-            rows = torch.arange(gh, device=out.device, dtype=out.dtype)
-            cols = torch.arange(gw, device=out.device, dtype=out.dtype)
-            offset = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)  # (h, w, 2)
+            offset = _cell_offsets(out, gh, gw)
             # get_region_box: x = (col + sigmoid(tx)) / w, width = exp(tw) * anchor_w / w.
             boxes = torch.cat(((xy + offset) / grid, twh.exp() * anchors[:, None, None] / grid), -1)
             _, best = _truth_ious(boxes.reshape(batch, -1, 4), truths)
