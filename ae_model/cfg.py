@@ -8,6 +8,7 @@ Shapes are ``(w, h, c)`` tuples, darknet's order, as in its layer table.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +38,12 @@ ACTIVATIONS = frozenset(
         "selu",
     ]
 )
+
+# darknet's resize_step: the network input is divided by up to 32 (five stride-2 stages),
+# so every input side is a multiple of it.
+SIZE_STEP = 32
+# darknet's rand_coef when random=1.
+MULTISCALE_DEFAULT_COEF = 1.4
 
 IOU_LOSSES = frozenset({"mse", "giou", "diou", "ciou"})
 LR_POLICIES = frozenset({"constant", "step", "exp", "poly", "steps", "sig", "random", "sgdr"})
@@ -1063,3 +1070,31 @@ def retarget_classes(cfg_text: str, num_classes: int) -> str:
         ending = "\r" if lines[header - 1].endswith("\r") else ""
         lines.insert(header, text + ending)
     return "\n".join(lines)
+
+
+def resolve_random(heads_random: float, multiscale: bool | None) -> float:
+    """darknet's multi-scale ``random`` for a run: the heads' own value, or with the
+    ``multiscale`` override on, that value (1 when the heads have none), off, 0."""
+    if multiscale is None:
+        return heads_random
+    return (heads_random or 1.0) if multiscale else 0.0
+
+
+def multiscale_coef(random: float) -> float:
+    """darknet's ``rand_coef``, the largest multi-scale factor, for ``random`` >= 1."""
+    return MULTISCALE_DEFAULT_COEF if random == 1 else random
+
+
+def darknet_side(factor: float, side: int) -> int:
+    """A multi-scale side: darknet's ``roundl(factor * side / 32 + 1) * 32``."""
+    # roundl rounds halves away from zero; Python's round() would round them to even.
+    return math.floor(factor * side / SIZE_STEP + 1 + 0.5) * SIZE_STEP
+
+
+def largest_multiscale_size(base: tuple[int, int], random: float) -> tuple[int, int]:
+    """The largest ``(width, height)`` darknet's multi-scale reaches from ``base``: with
+    ``random`` 1 the factor 1.4, above 1 ``random`` itself; below 1 (off), ``base``."""
+    if random < 1:
+        return base
+    coef = multiscale_coef(random)
+    return darknet_side(coef, base[0]), darknet_side(coef, base[1])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import count
@@ -30,17 +29,14 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ae_model.cfg import SIZE_STEP, darknet_side, largest_multiscale_size, multiscale_coef
 from ae_model.dataset_check import label_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Darknet fills padding with 0.5 grey.
 PAD_VALUE = 128
-# darknet's resize_step: network sizes stay multiples of the largest stride.
-SIZE_STEP = 32
 # darknet resizes the network every 10 iterations when random=1.
 MULTISCALE_EVERY = 10
-# darknet's rand_coef when random=1.
-MULTISCALE_DEFAULT_COEF = 1.4
 # Boxes narrower or shorter than this (pixels of the network input) after augmentation are dropped.
 MIN_BOX_SIDE = 2.0
 # darknet keeps the largest size for the last 100 iterations (its rolling BN statistics).
@@ -594,23 +590,17 @@ def multiscale_size(
         return base
     if random < 1:
         raise ValueError(f"random (multi-scale) must be 0, 1, or a scale limit > 1, got {random}")
-    coef = MULTISCALE_DEFAULT_COEF if random == 1 else random
     block = iteration // MULTISCALE_EVERY
     start = block * MULTISCALE_EVERY
-    largest = tuple(_darknet_side(coef, side) for side in base)
     if block == 0 or (max_iterations is not None and start > max_iterations - _MULTISCALE_TAIL):
-        return largest[0], largest[1]
+        return largest_multiscale_size(base, random)
+    coef = multiscale_coef(random)
     magnitude, coin = np.random.default_rng([seed, _SIZE_STREAM, block]).random(2)
     r = _rand_scale(coef, magnitude, coin)
-    sides = tuple(_darknet_side(r, side) for side in base)
+    sides = tuple(darknet_side(r, side) for side in base)
     if r < 1 and (sides[0] > base[0] or sides[1] > base[1]):
         return base
     return max(sides[0], SIZE_STEP), max(sides[1], SIZE_STEP)
-
-
-def _darknet_side(factor: float, side: int) -> int:
-    # roundl rounds halves away from zero; Python's round() would round them to even.
-    return math.floor(factor * side / SIZE_STEP + 1 + 0.5) * SIZE_STEP
 
 
 class SampleRequest(NamedTuple):

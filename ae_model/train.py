@@ -25,7 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 from ae_model import distributed
-from ae_model.cfg import RegionSection, YoloSection, parse_cfg, resolve_cfg, retarget_classes
+from ae_model.cfg import (
+    RegionSection,
+    YoloSection,
+    parse_cfg,
+    resolve_cfg,
+    resolve_random,
+    retarget_classes,
+)
 from ae_model.darknet import Darknet
 from ae_model.data import AugmentParams, build_loader, open_dataset, unletterbox_boxes
 from ae_model.evaluate import COCOEvaluator, Detections, postprocess, timed
@@ -325,10 +332,7 @@ class Trainer:
         heads = self.model.heads
         # Darknet's `random` (on the heads): 0 off, 1 sizes base/1.4..base*1.4, r>1 base/r..base*r.
         cfg_random = max((float(getattr(h, "random", 0)) for h in heads), default=0.0)
-        if config.multiscale is None:
-            random_value = cfg_random
-        else:
-            random_value = (cfg_random or 1.0) if config.multiscale else 0.0
+        random_value = resolve_random(cfg_random, config.multiscale)
         config.resolved = {
             "batch": batch,
             "subdivisions": subdivisions,

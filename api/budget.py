@@ -21,16 +21,14 @@ from ae_model.cfg import (
     MaxpoolSection,
     RegionSection,
     YoloSection,
+    largest_multiscale_size,
+    resolve_random,
 )
 from api.job_spec import TrainSpec
 
 BYTES_PER_VALUE = 4  # float32
 PARAMETER_COPIES = 3  # weights, gradients, momentum
 GIB = 2**30
-# Darknet's multi-scale training (random=1) reaches 1.4 times the base size, in steps of 32
-# (ae_model.data.multiscale_size; a test keeps the two in step).
-MULTISCALE_DEFAULT_COEF = 1.4
-SIZE_STEP = 32
 
 
 def parameter_count(rows: Sequence[LayerRow]) -> int:
@@ -66,23 +64,10 @@ def saved_activations(rows: Sequence[LayerRow]) -> int:
 def largest_training_size(config: DarknetConfig, train: TrainSpec) -> tuple[int, int]:
     """The largest ``(width, height)`` a job trains at: its size, or with multi-scale (the
     heads' ``random``, or ``train.multiscale``) darknet's largest multi-scale size."""
-    width = train.width or config.net.width
-    height = train.height or config.net.height
+    base = (train.width or config.net.width, train.height or config.net.height)
     heads = [s for s in config.sections if isinstance(s, YoloSection | RegionSection)]
     cfg_random = max((head.random for head in heads), default=0.0)
-    if train.multiscale is None:
-        random = cfg_random
-    else:
-        random = (cfg_random or 1.0) if train.multiscale else 0.0
-    if random < 1:
-        return width, height
-    coef = MULTISCALE_DEFAULT_COEF if random == 1 else random
-    return _multiscale_side(coef, width), _multiscale_side(coef, height)
-
-
-def _multiscale_side(coef: float, side: int) -> int:
-    # darknet: round(coef * side / 32 + 1) * 32, rounding halves away from zero.
-    return math.floor(coef * side / SIZE_STEP + 1.5) * SIZE_STEP
+    return largest_multiscale_size(base, resolve_random(cfg_random, train.multiscale))
 
 
 @dataclass(frozen=True)

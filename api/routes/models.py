@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import func, select
 
 from ae_model.cfg import (
+    SIZE_STEP,
     CfgError,
     CfgWarning,
     DarknetConfig,
@@ -44,8 +45,6 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=UNAUTHORIZED)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No bundled cfg of that name and no uploaded cfg of that id."}
 }
-# The network input is divided by up to 32 (five stride-2 stages), as darknet requires.
-SIZE_STEP = 32
 MAX_INPUT_SIDE = 4096
 
 # warnings.catch_warnings swaps process-wide state; one parse at a time keeps each request's
