@@ -3,6 +3,9 @@
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -52,3 +55,35 @@ def tenant_for_key(session: Session, key: str) -> int | None:
         if hmac.compare_digest(candidate.key_hash, digest):
             found = candidate.tenant_id
     return found
+
+
+class VerifiedKeys:
+    """Keys this API process found valid in the last ``ttl_s`` seconds, by their SHA-256
+    digest (never the key itself), so a client polling many times a second costs one database
+    lookup per ``ttl_s``. A key revoked in the database stops working within ``ttl_s``.
+    Unknown keys are not kept: each of their tries is looked up. Thread-safe."""
+
+    def __init__(self, ttl_s: float, max_keys: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self._tenants: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> int | None:
+        with self._lock:
+            found = self._tenants.get(digest)
+            if found is None:
+                return None
+            if time.monotonic() >= found[1]:
+                del self._tenants[digest]
+                return None
+            return found[0]
+
+    def put(self, digest: str, tenant_id: int) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            self._tenants.pop(digest, None)
+            self._tenants[digest] = (tenant_id, time.monotonic() + self.ttl_s)
+            while len(self._tenants) > self.max_keys:  # the oldest first
+                self._tenants.popitem(last=False)

@@ -1,13 +1,14 @@
 """Shared request dependencies: the database session and the caller's tenant."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.auth import tenant_for_key
+from api.auth import VerifiedKeys, hash_key, tenant_for_key
 from api.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer aet_...`")
@@ -18,17 +19,44 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
-    with factory() as session:
+    session = factory()  # no connection until its first query
+    try:
         yield session
+    finally:
+        # Closing does I/O (a rollback, the connection back to the pool) only when a
+        # transaction is open; a request answered from memory closes here, without a thread.
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
+
+# Requests holding a database session at once, per API process; each may hold one pooled
+# connection until its route has returned. Further requests wait for a turn in the event loop,
+# not in a worker thread. Without the limit, threads blocked on an exhausted connection pool
+# filled FastAPI's thread pool while the requests holding the connections waited for a thread
+# to finish in, and under load requests stalled until the pool's 30 s timeout answered 500
+# (bench/bench_api_load.py with 200 clients).
+# Four: route code is CPU-bound Python, so more threads at once than that only contend for
+# the GIL (with 10, a 2-core machine served 12% fewer uncached pages per second).
+DB_SESSIONS = 4
+# SSE streams poll the database with short sessions of their own, this many at once.
+STREAM_POLLS = 4
+# What the pool must hold so no checkout waits: request sessions, stream polls, the reaper.
+POOL_SIZE = DB_SESSIONS + STREAM_POLLS + 1
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# Closed when the route returns, before the response is sent: a streamed response (SSE, a
+# checkpoint download) holds no connection and no turn while it streams. Opening it and
+# checking a remembered key take no worker thread, so a request answered from memory (a kept
+# metrics page) runs on the event loop alone.
+SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=DB_SESSIONS)]
 
 
-def get_tenant_id(
+async def get_tenant_id(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> int:
@@ -39,7 +67,13 @@ def get_tenant_id(
             "`aetrain keys create`)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    tenant_id = tenant_for_key(session, credentials.credentials)
+    verified: VerifiedKeys = request.app.state.verified_keys
+    digest = hash_key(credentials.credentials)
+    tenant_id = verified.get(digest)
+    if tenant_id is None:
+        tenant_id = await run_in_threadpool(tenant_for_key, session, credentials.credentials)
+        if tenant_id is not None:
+            verified.put(digest, tenant_id)
     if tenant_id is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Per image, at the size it trains at: a budget against cfgs no worker could train
     # (yolov3 at 608x608 is 141 BFLOPs; darknet53 at 1024x1024 about 460).
     max_bflops: float = Field(default=1000.0, gt=0)
+    # Per API process: seconds a key found valid is trusted without a database lookup, so a
+    # key revoked in the database stops working within this time (0: every request looks).
+    key_cache_s: float = Field(default=5.0, ge=0)
     # Per API process: metric pages of finished jobs kept ready to send (0: none kept).
     metrics_cache_mib: float = Field(default=64.0, ge=0)
     # Millions of trainable parameters (yolov3 has 62, yolov4 64): checked at upload and submit.

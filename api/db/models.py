@@ -166,7 +166,8 @@ class Metric(Base):
     __tablename__ = "metrics"
     __table_args__ = (
         UniqueConstraint("job_id", "key", "step"),
-        Index("ix_metrics_job_step", "job_id", "step"),
+        # The order metric pages are read in (migration 0006).
+        Index("ix_metrics_job_step_key", "job_id", "step", "key"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -21,7 +21,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # Sessions in UTC: timestamps come back as UTC whatever the server's TimeZone setting,
+    # and the API writes them as such without converting each.
+    utc: dict[str, Any] = {"options": "-c timezone=UTC"} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=utc, **kwargs)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
