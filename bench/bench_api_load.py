@@ -4,9 +4,12 @@ Two measurements, each bounded in time and count:
 
 1. **Metrics polling.** A real ``aetrain serve`` (uvicorn, no worker) on a fresh database;
    one job with ``--steps`` steps of metric rows. ``--clients`` asyncio clients each poll
-   ``GET /v1/jobs/{id}/metrics?limit=1000`` (a 1,000-point page) every ``--poll-s`` seconds
-   for ``--duration-s`` seconds, while ``--submitters`` clients submit jobs (queued; no worker
-   runs). Prints latency p50/p90/p99/max per request kind and the throughput.
+   ``GET /v1/jobs/{id}/metrics?limit=1000`` (a 1,000-point page) every ``--poll-s`` seconds,
+   each over a connection of its own, while ``--submitters`` clients submit jobs (queued; no
+   worker runs). After ``--warmup-s`` seconds (connections opening, first pages built) it
+   measures for ``--duration-s`` seconds: latency p50/p90/p99/max per request kind, the
+   throughput, and the CPU time per request of the API server, PostgreSQL (when local) and the
+   clients, which share the machine (Linux /proc).
 2. **Metric ingest.** What a worker's flush does: ``worker.jobs.insert_metrics`` in batches
    of ``--batch-rows`` rows, for ``--ingest-rows`` rows; prints rows per second.
 
@@ -18,16 +21,21 @@ With a PostgreSQL URL the bench creates and drops a database of its own next to 
 
 import argparse
 import asyncio
+import contextlib
+import math
 import os
 import platform
+import re
+import resource
 import shlex
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,6 +94,11 @@ def seed(url: str, home: Path, steps: int, state: str) -> tuple[str, int, int]:
         for start in range(0, len(rows), 10_000):
             job_ops.insert_metrics(session, job.id, rows[start : start + 10_000])
         ids = dataset.id, job.id
+    if engine.dialect.name == "postgresql":
+        # What autovacuum does within a minute of a bulk insert: without statistics the
+        # planner takes the job for a few rows and sorts all of them for every page.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE metrics"))
     engine.dispose()
     return key, *ids
 
@@ -111,7 +124,7 @@ def ingest(url: str, total_rows: int, batch_rows: int) -> float:
 
 
 @contextmanager
-def server(url: str, home: Path, workers: int) -> Iterator[str]:
+def server(url: str, home: Path, workers: int) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AETRAIN_")}
     env.update(AETRAIN_HOME=str(home), DATABASE_URL=url, AETRAIN_MAX_ACTIVE_JOBS="1000000")
@@ -124,7 +137,7 @@ def server(url: str, home: Path, workers: int) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(base, proc, home / "serve.log", 60)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         try:
@@ -133,52 +146,123 @@ def server(url: str, home: Path, workers: int) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+        import shutil
+
+        shutil.copy(home / "serve.log", "/tmp/serve_last.log")
 
 
 async def load(
     base: str, key: str, job_id: int, dataset_id: int, args: argparse.Namespace
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Latencies (s) of the answered requests per kind, and the count that got no answer
-    within the client's timeout; a non-2xx answer aborts the bench."""
-    latencies: dict[str, list[float]] = {"metrics page": [], "submit job": []}
-    failures = dict.fromkeys(latencies, 0)
+    within the client's timeout; a non-2xx answer aborts the bench. Requests started in the
+    first ``--warmup-s`` seconds (200 connections opening, pages built for the first time)
+    go under ``warm-up``."""
+    kinds = ("metrics page", "submit job", "warm-up")
+    latencies: dict[str, list[float]] = {kind: [] for kind in kinds}
+    failures = dict.fromkeys(kinds, 0)
     headers = {"Authorization": f"Bearer {key}"}
-    end = time.monotonic() + args.duration_s
-    limits = httpx.Limits(max_connections=args.clients + args.submitters)
+    measured_from = time.monotonic() + args.warmup_s
+    end = measured_from + args.duration_s
     timeout = httpx.Timeout(args.timeout_s)
-    async with httpx.AsyncClient(
-        base_url=base, headers=headers, limits=limits, timeout=timeout
-    ) as c:
+    tls = ssl.create_default_context()  # unused on http://, but each client would load its own
 
-        async def poller(offset: float) -> None:
-            await asyncio.sleep(offset)  # spread the clients over one polling period
-            while time.monotonic() < end:
-                start = time.perf_counter()
-                try:
-                    r = await c.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 1000})
-                    assert r.status_code == 200 and r.json()["count"] >= 990, r.text[:200]
-                    latencies["metrics page"].append(time.perf_counter() - start)
-                except httpx.TransportError:  # timed out or refused: the server is saturated
-                    failures["metrics page"] += 1
-                await asyncio.sleep(max(0.0, args.poll_s - (time.perf_counter() - start)))
+    def client() -> httpx.AsyncClient:
+        # One connection per client, as separate dashboards would hold: one pool shared by
+        # all would cost the load generator time scanning 200 connections per request.
+        limits = httpx.Limits(max_connections=1)
+        return httpx.AsyncClient(
+            base_url=base, headers=headers, limits=limits, timeout=timeout, verify=tls
+        )
 
-        async def submitter() -> None:
-            body = {"model": "yolov3-tiny-small", "dataset_id": dataset_id}
+    async def timed(
+        kind: str, request: Awaitable[httpx.Response], check: Callable[[httpx.Response], bool]
+    ) -> float:
+        started = time.monotonic()
+        kind = kind if started >= measured_from else "warm-up"
+        try:
+            r = await request
+            assert check(r), r.text[:200]
+            latencies[kind].append(time.monotonic() - started)
+        except httpx.TransportError:  # timed out or refused: the server is saturated
+            failures[kind] += 1
+        return time.monotonic() - started
+
+    async def poller(offset: float) -> None:
+        await asyncio.sleep(offset)  # spread the clients over one polling period
+        async with client() as c:
             while time.monotonic() < end:
-                start = time.perf_counter()
-                try:
-                    r = await c.post("/v1/jobs", json=body)
-                    assert r.status_code == 201, r.text[:200]
-                    latencies["submit job"].append(time.perf_counter() - start)
-                except httpx.TransportError:
-                    failures["submit job"] += 1
+                took = await timed(
+                    "metrics page",
+                    c.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 1000}),
+                    lambda r: r.status_code == 200 and _page_count(r.content) >= 990,
+                )
+                await asyncio.sleep(max(0.0, args.poll_s - took))
+
+    async def submitter() -> None:
+        body = {"model": "yolov3-tiny-small", "dataset_id": dataset_id}
+        async with client() as c:
+            while time.monotonic() < end:
+                await timed(
+                    "submit job", c.post("/v1/jobs", json=body), lambda r: r.status_code == 201
+                )
                 await asyncio.sleep(args.submit_every_s)
 
-        await asyncio.gather(
-            *(poller(args.poll_s * i / args.clients) for i in range(args.clients)),
-            *(submitter() for _ in range(args.submitters)),
-        )
+    await asyncio.gather(
+        *(poller(args.poll_s * i / args.clients) for i in range(args.clients)),
+        *(submitter() for _ in range(args.submitters)),
+    )
     return latencies, failures
+
+
+def _page_count(body: bytes) -> int:
+    """A metrics page's ``count``, read from the body's tail: parsing all 1,000 points in
+    each of 200 clients would cost the shared cores more than the server spends on the page."""
+    match = re.search(rb'"count":\s*(\d+)', body[-200:])
+    return int(match.group(1)) if match else -1
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds so far of process ``pid`` (Linux /proc; 0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree_cpu(pid: int) -> float:
+    """CPU seconds so far of ``pid`` and its descendants: the API server's processes while
+    they run, so its start-up is not counted."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += _process_cpu(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds so far of this machine's PostgreSQL processes (0 when it runs elsewhere)."""
+    return sum(
+        _process_cpu(int(proc.name))
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit() and _comm(proc) == "postgres"
+    )
+
+
+def _comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -197,7 +281,8 @@ def main() -> None:
     parser.add_argument("--poll-s", type=float, default=1.0, help="each client's polling period")
     parser.add_argument("--submitters", type=int, default=2)
     parser.add_argument("--submit-every-s", type=float, default=0.5)
-    parser.add_argument("--duration-s", type=float, default=30.0)
+    parser.add_argument("--duration-s", type=float, default=30.0, help="measured, after warm-up")
+    parser.add_argument("--warmup-s", type=float, default=3.0, help="not counted, first")
     parser.add_argument("--timeout-s", type=float, default=5.0, help="client timeout per request")
     parser.add_argument("--steps", type=int, default=2000, help="metric steps stored for the job")
     parser.add_argument("--ingest-rows", type=int, default=200_000)
@@ -217,21 +302,33 @@ def main() -> None:
         rate = ingest(url, args.ingest_rows, args.batch_rows)
         print(f"\ningest ({kind}): {args.ingest_rows:,} rows in batches of {args.batch_rows:,}: "
               f"{rate:,.0f} rows/s")  # fmt: skip
-        with server(url, home, args.api_workers) as base:
+        with server(url, home, args.api_workers) as (base, pid):
+            clients_cpu, server_cpu, db_cpu = _own_cpu(), _process_tree_cpu(pid), _postgres_cpu()
             start = time.monotonic()
             latencies, failures = asyncio.run(load(base, key, job_id, dataset_id, args))
             wall = time.monotonic() - start
+            clients_cpu = _own_cpu() - clients_cpu
+            server_cpu = _process_tree_cpu(pid) - server_cpu
+            db_cpu = _postgres_cpu() - db_cpu
     print(f"\nload ({kind}, {args.api_workers} API process(es)): {args.clients} clients "
           f"polling a 1,000-point metrics page of a {args.job_state} job every "
-          f"{args.poll_s:g} s, {args.submitters} "
-          f"submitting a job every {args.submit_every_s:g} s, for {wall:.0f} s")  # fmt: skip
+          f"{args.poll_s:g} s, {args.submitters} submitting a job every "
+          f"{args.submit_every_s:g} s; measured for {args.duration_s:g} s after "
+          f"{args.warmup_s:g} s of warm-up")  # fmt: skip
     print(f"{'request':<14} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
           f"{'max ms':>8} {'no answer':>10}")  # fmt: skip
     for name, values in latencies.items():
-        ms = [1000 * v for v in values]
-        print(f"{name:<14} {len(ms):>7} {len(ms) / wall:>7.1f} {percentile(ms, 50):>8.1f} "
-              f"{percentile(ms, 90):>8.1f} {percentile(ms, 99):>8.1f} {max(ms):>8.1f} "
-              f"{failures[name]:>10}")  # fmt: skip
+        seconds = args.warmup_s if name == "warm-up" else args.duration_s
+        ms = [1000 * v for v in values] or [math.nan]
+        print(f"{name:<14} {len(values):>7} {len(values) / seconds:>7.1f} "
+              f"{percentile(ms, 50):>8.1f} {percentile(ms, 90):>8.1f} {percentile(ms, 99):>8.1f} "
+              f"{max(ms):>8.1f} {failures[name]:>10}")  # fmt: skip
+    answered = sum(len(v) for v in latencies.values()) or 1
+    busy = (server_cpu + db_cpu + clients_cpu) / wall / (os.cpu_count() or 1)
+    print(f"CPU per answered request, warm-up included (ms): API server "
+          f"{1000 * server_cpu / answered:.2f}, PostgreSQL {1000 * db_cpu / answered:.2f}, "
+          f"clients {1000 * clients_cpu / answered:.2f}; "
+          f"the CPUs {100 * busy:.0f}% busy")  # fmt: skip
 
 
 if __name__ == "__main__":
