@@ -1,7 +1,8 @@
 """Response bodies that can no longer change, kept in memory up to a size in bytes.
 
-A finished job's metric history is final, and dashboards and comparisons fetch the same pages
-of it again and again; each API process builds such a page once (``api.routes.jobs``).
+A finished job's metric history is final, and so are a running job's steps before its latest
+checkpoint; dashboards and comparisons fetch the same pages of them again and again, and each
+API process builds such a page once (``api.routes.jobs``).
 """
 
 import threading

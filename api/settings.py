@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     # Per API process: seconds a key found valid is trusted without a database lookup, so a
     # key revoked in the database stops working within this time (0: every request looks).
     key_cache_s: float = Field(default=5.0, ge=0)
-    # Per API process: metric pages of finished jobs kept ready to send (0: none kept).
+    # Per API process: metric pages that can no longer change (a finished job's, a running
+    # job's before its latest checkpoint) kept ready to send (0: none kept).
     metrics_cache_mib: float = Field(default=64.0, ge=0)
     # Millions of trainable parameters (yolov3 has 62, yolov4 64): checked at upload and submit.
     max_params_m: float = Field(default=500.0, gt=0)

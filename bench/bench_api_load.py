@@ -75,9 +75,9 @@ def database(url: str | None, home: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def seed(url: str, home: Path, steps: int, state: str) -> tuple[str, int, int]:
+def seed(url: str, home: Path, steps: int, state: str, checkpoint_at: int) -> tuple[str, int, int]:
     """An API key, a ready dataset row and a job in ``state`` with ``steps`` steps of
-    metrics."""
+    metrics and, when ``checkpoint_at`` > 0, a checkpoint recorded at that step."""
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     with sessions() as session:
@@ -93,6 +93,11 @@ def seed(url: str, home: Path, steps: int, state: str) -> tuple[str, int, int]:
         ]
         for start in range(0, len(rows), 10_000):
             job_ops.insert_metrics(session, job.id, rows[start : start + 10_000])
+        if checkpoint_at > 0:
+            job_ops.record_checkpoint(
+                session, job.id, "last.pt", iteration=checkpoint_at, metrics={}, size=0,
+                sha256="0" * 64, path=str(home / "last.pt"),
+            )  # fmt: skip
         ids = dataset.id, job.id
     if engine.dialect.name == "postgresql":
         # What autovacuum does within a minute of a bulk insert: without statistics the
@@ -289,7 +294,12 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=2000, help="rows per worker flush")
     parser.add_argument(
         "--job-state", default="running", choices=["running", "succeeded"],
-        help="of the polled job: the API caches a finished job's pages",
+        help="of the polled job: the API keeps a finished job's pages",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint-at", type=int, default=0,
+        help="record a checkpoint of the job at this step (0: none): the API keeps a running "
+        "job's pages that end before it",
     )  # fmt: skip
     args = parser.parse_args()
     print(f"command: python {shlex.join(sys.argv)}")
@@ -298,7 +308,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
         home = Path(tmp)
         kind = make_url(url).get_backend_name()
-        key, dataset_id, job_id = seed(url, home, args.steps, args.job_state)
+        key, dataset_id, job_id = seed(url, home, args.steps, args.job_state, args.checkpoint_at)
         rate = ingest(url, args.ingest_rows, args.batch_rows)
         print(f"\ningest ({kind}): {args.ingest_rows:,} rows in batches of {args.batch_rows:,}: "
               f"{rate:,.0f} rows/s")  # fmt: skip
@@ -310,8 +320,10 @@ def main() -> None:
             clients_cpu = _own_cpu() - clients_cpu
             server_cpu = _process_tree_cpu(pid) - server_cpu
             db_cpu = _postgres_cpu() - db_cpu
+    checkpoint = f"at step {args.checkpoint_at}" if args.checkpoint_at else "none"
     print(f"\nload ({kind}, {args.api_workers} API process(es)): {args.clients} clients "
-          f"polling a 1,000-point metrics page of a {args.job_state} job every "
+          f"polling a 1,000-point metrics page of a {args.job_state} job "
+          f"(checkpoint: {checkpoint}) every "
           f"{args.poll_s:g} s, {args.submitters} submitting a job every "
           f"{args.submit_every_s:g} s; measured for {args.duration_s:g} s after "
           f"{args.warmup_s:g} s of warm-up")  # fmt: skip

@@ -323,18 +323,18 @@ async def job_metrics(
     ae_alpha, images_per_s, input_size, gpu_mem_mb on CUDA); evaluations as ``val/AP``,
     ``val/AP50``, ..., ``val/AR*``, ``val/AP_class/<category id>`` and ``val/latency_ms``.
     """
-    # A finished job's history no longer changes (a running one's may: a rollback replaces
-    # steps), and a finished job stays finished and its tenant's, so each API process builds
-    # its pages once; a page kept for this tenant needs no lookup of the job either.
+    # Pages that can no longer change (settled: see _job_metrics_page) are built once per API
+    # process and kept under the tenant; a job stays its tenant's, so a kept page needs no
+    # lookup of the job either.
     cache: BodyCache = request.app.state.metrics_pages
     key = (tenant_id, job_id, keys, since_step, limit)
     kept = cache.get(key)
     if kept is not None:
         return Response(kept, media_type="application/json")
-    body, final = await run_in_threadpool(
+    body, settled = await run_in_threadpool(
         _job_metrics_page, session, tenant_id, job_id, keys, since_step, limit
     )
-    if final:
+    if settled:
         cache.put(key, body)
     return Response(body, media_type="application/json")
 
@@ -342,14 +342,32 @@ async def job_metrics(
 def _job_metrics_page(
     session: Session, tenant_id: int, job_id: int, keys: str | None, since_step: int, limit: int
 ) -> tuple[bytes, bool]:
-    """A page of the tenant's job (or 404), and whether the job has finished."""
+    """A page of the tenant's job (or 404), and whether it is settled: the same for good.
+
+    A finished job's whole history is settled. A running job's steps before its latest
+    recorded checkpoint are too: the worker stores them before it writes the checkpoint
+    (DatabaseHook.before_checkpoint); a rollback or a resume goes back to that checkpoint or a
+    later one (workers share the artifact store) and replaces only steps after it; an
+    evaluation at the checkpoint's own step can still add rows there, so only steps strictly
+    before it count. A page is settled when every row it depends on is: up to ``boundary``,
+    the first step it leaves out.
+    """
     job = get_job(session, tenant_id, job_id)
-    return _metrics_page(session, job_id, keys, since_step, limit), job.state in TERMINAL_STATES
+    body, boundary = _metrics_page(session, job_id, keys, since_step, limit)
+    if job.state in TERMINAL_STATES:
+        return body, True
+    if boundary is None:  # the page runs to the newest rows
+        return body, False
+    checkpoint = session.scalar(
+        select(func.max(Checkpoint.iteration)).where(Checkpoint.job_id == job_id)
+    )
+    return body, checkpoint is not None and boundary < checkpoint
 
 
 def _metrics_page(
     session: Session, job_id: int, keys: str | None, since_step: int, limit: int
-) -> bytes:
+) -> tuple[bytes, int | None]:
+    """The page's body, and the step that decided where it ends (None: at the last row)."""
     # Columns, not ORM objects, serialised in one pass: pages of 1,000 points are what
     # dashboards poll, and building and validating 1,000 models per request is most of the
     # cost (bench/bench_api_load.py). The body is exactly MetricsPage's.
@@ -358,7 +376,7 @@ def _metrics_page(
     if keys:
         query = query.where(Metric.key.in_([k.strip() for k in keys.split(",") if k.strip()]))
     rows = session.execute(query.order_by(Metric.step, Metric.key).limit(limit + 1)).all()
-    next_step = None
+    next_step = last_step = None
     if len(rows) > limit:
         last_step = rows[limit].step
         rows = [r for r in rows[:limit] if r.step < last_step]
@@ -374,7 +392,7 @@ def _metrics_page(
     # as UTC and UTC as "Z" (PostgreSQL sessions run in UTC: api.db.session), so the body is
     # MetricsPage's; it serialises a page in a tenth of the time json.dumps took.
     body = {"data": data, "count": len(data), "next_since_step": next_step}
-    return orjson.dumps(body, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
+    return orjson.dumps(body, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z), last_step
 
 
 def _stream_state(

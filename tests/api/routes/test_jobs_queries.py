@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from ae_model.cfg import bundled_cfg_path
 from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Job, Metric
+from api.db.models import Checkpoint, Job, Metric
 from api.job_schemas import MetricsPage
 from api.main import create_app
 from api.settings import Settings
@@ -148,3 +148,44 @@ def test_a_finished_jobs_pages_are_kept_and_a_running_jobs_are_not(
     execute(insert(Metric).values(job_id=job_id, key="loss", step=9, value=1.0))
     assert steps() == [1]
     assert client.get(url, headers=other_auth).status_code == 404  # still another's job
+
+
+def test_a_running_jobs_pages_before_its_last_checkpoint_are_kept(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    # 30 steps of 3 keys; checkpoint at step 20. A 50-row page from the start holds steps 1..16
+    # and ends because of step 17: settled. The page after it runs to the newest rows: not.
+    with _session(settings) as session:
+        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
+        job = Job(tenant_id=tenant, spec={}, state="running")
+        session.add(job)
+        session.flush()
+        session.add_all(
+            Metric(job_id=job.id, key=k, step=s, value=1.0) for s in range(1, 31) for k in "abc"
+        )
+        session.add(
+            Checkpoint(job_id=job.id, name="last.pt", iteration=20, size=1, sha256="0", path="x")
+        )
+        session.commit()
+        job_id = job.id
+
+    def page(since: int) -> dict[str, Any]:
+        url = f"/v1/jobs/{job_id}/metrics?limit=50&since_step={since}"
+        response = client.get(url, headers=auth)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def add_row(step: int) -> None:  # no worker does this to a settled step; it shows keeping
+        with _session(settings) as session:
+            session.execute(insert(Metric).values(job_id=job_id, key="d", step=step, value=2.0))
+            session.commit()
+
+    first = page(-1)
+    assert (first["count"], first["next_since_step"]) == (48, 16)
+    add_row(3)
+    assert page(-1) == first  # kept
+    tail = page(16)
+    assert tail["next_since_step"] is None and tail["count"] == 42
+    add_row(25)
+    assert page(16)["count"] == 43  # built afresh: steps after the checkpoint may still change
