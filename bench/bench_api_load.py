@@ -75,37 +75,40 @@ def database(url: str | None, home: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def seed(url: str, home: Path, steps: int, state: str, checkpoint_at: int) -> tuple[str, int, int]:
-    """An API key, a ready dataset row and a job in ``state`` with ``steps`` steps of
-    metrics and, when ``checkpoint_at`` > 0, a checkpoint recorded at that step."""
+def seed(
+    url: str, home: Path, steps: int, state: str, checkpoint_at: int, jobs: int
+) -> tuple[str, int, list[int]]:
+    """An API key, a ready dataset row and ``jobs`` jobs in ``state``, each with ``steps``
+    steps of metrics and, when ``checkpoint_at`` > 0, a checkpoint recorded at that step."""
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     with sessions() as session:
         key = create_tenant_with_key(session, "bench").key
         tenant = session.scalars(select(Tenant.id)).one()
         dataset = Dataset(tenant_id=tenant, name="bench", path=str(home), class_names=[])
-        job = Job(tenant_id=tenant, spec={}, state=state)
-        session.add_all([dataset, job])
+        polled = [Job(tenant_id=tenant, spec={}, state=state) for _ in range(jobs)]
+        session.add_all([dataset, *polled])
         session.commit()
         now = utcnow()
         rows = [
             (k, step, None, 1.0 / step, now) for step in range(1, steps + 1) for k in METRIC_KEYS
         ]
-        for start in range(0, len(rows), 10_000):
-            job_ops.insert_metrics(session, job.id, rows[start : start + 10_000])
-        if checkpoint_at > 0:
-            job_ops.record_checkpoint(
-                session, job.id, "last.pt", iteration=checkpoint_at, metrics={}, size=0,
-                sha256="0" * 64, path=str(home / "last.pt"),
-            )  # fmt: skip
-        ids = dataset.id, job.id
+        for job in polled:
+            for start in range(0, len(rows), 10_000):
+                job_ops.insert_metrics(session, job.id, rows[start : start + 10_000])
+            if checkpoint_at > 0:
+                job_ops.record_checkpoint(
+                    session, job.id, "last.pt", iteration=checkpoint_at, metrics={}, size=0,
+                    sha256="0" * 64, path=str(home / "last.pt"),
+                )  # fmt: skip
+        dataset_id, job_ids = dataset.id, [job.id for job in polled]
     if engine.dialect.name == "postgresql":
         # What autovacuum does within a minute of a bulk insert: without statistics the
         # planner takes the job for a few rows and sorts all of them for every page.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE metrics"))
     engine.dispose()
-    return key, *ids
+    return key, dataset_id, job_ids
 
 
 def ingest(url: str, total_rows: int, batch_rows: int) -> float:
@@ -157,7 +160,7 @@ def server(url: str, home: Path, workers: int) -> Iterator[tuple[str, int]]:
 
 
 async def load(
-    base: str, key: str, job_id: int, dataset_id: int, args: argparse.Namespace
+    base: str, key: str, job_ids: list[int], dataset_id: int, args: argparse.Namespace
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Latencies (s) of the answered requests per kind, and the count that got no answer
     within the client's timeout; a non-2xx answer aborts the bench. Requests started in the
@@ -193,7 +196,7 @@ async def load(
             failures[kind] += 1
         return time.monotonic() - started
 
-    async def poller(offset: float) -> None:
+    async def poller(offset: float, job_id: int) -> None:
         await asyncio.sleep(offset)  # spread the clients over one polling period
         async with client() as c:
             while time.monotonic() < end:
@@ -214,7 +217,10 @@ async def load(
                 await asyncio.sleep(args.submit_every_s)
 
     await asyncio.gather(
-        *(poller(args.poll_s * i / args.clients) for i in range(args.clients)),
+        *(
+            poller(args.poll_s * i / args.clients, job_ids[i % len(job_ids)])
+            for i in range(args.clients)
+        ),
         *(submitter() for _ in range(args.submitters)),
     )
     return latencies, failures
@@ -297,6 +303,10 @@ def main() -> None:
         help="of the polled job: the API keeps a finished job's pages",
     )  # fmt: skip
     parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="polled jobs; client i polls job i mod N (one job: every client the same page)",
+    )  # fmt: skip
+    parser.add_argument(
         "--checkpoint-at", type=int, default=0,
         help="record a checkpoint of the job at this step (0: none): the API keeps a running "
         "job's pages that end before it",
@@ -308,21 +318,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
         home = Path(tmp)
         kind = make_url(url).get_backend_name()
-        key, dataset_id, job_id = seed(url, home, args.steps, args.job_state, args.checkpoint_at)
+        key, dataset_id, job_ids = seed(
+            url, home, args.steps, args.job_state, args.checkpoint_at, args.jobs
+        )
         rate = ingest(url, args.ingest_rows, args.batch_rows)
         print(f"\ningest ({kind}): {args.ingest_rows:,} rows in batches of {args.batch_rows:,}: "
               f"{rate:,.0f} rows/s")  # fmt: skip
         with server(url, home, args.api_workers) as (base, pid):
             clients_cpu, server_cpu, db_cpu = _own_cpu(), _process_tree_cpu(pid), _postgres_cpu()
             start = time.monotonic()
-            latencies, failures = asyncio.run(load(base, key, job_id, dataset_id, args))
+            latencies, failures = asyncio.run(load(base, key, job_ids, dataset_id, args))
             wall = time.monotonic() - start
             clients_cpu = _own_cpu() - clients_cpu
             server_cpu = _process_tree_cpu(pid) - server_cpu
             db_cpu = _postgres_cpu() - db_cpu
     checkpoint = f"at step {args.checkpoint_at}" if args.checkpoint_at else "none"
     print(f"\nload ({kind}, {args.api_workers} API process(es)): {args.clients} clients "
-          f"polling a 1,000-point metrics page of a {args.job_state} job "
+          f"polling a 1,000-point metrics page of {args.jobs} {args.job_state} job(s) "
           f"(checkpoint: {checkpoint}) every "
           f"{args.poll_s:g} s, {args.submitters} submitting a job every "
           f"{args.submit_every_s:g} s; measured for {args.duration_s:g} s after "

@@ -324,25 +324,22 @@ async def job_metrics(
     ``val/AP50``, ..., ``val/AR*``, ``val/AP_class/<category id>`` and ``val/latency_ms``.
     """
     # Pages that can no longer change (settled: see _job_metrics_page) are built once per API
-    # process and kept under the tenant; a job stays its tenant's, so a kept page needs no
+    # process and kept under the tenant; a job stays its tenant's, so such a page needs no
     # lookup of the job either.
     cache: BodyCache = request.app.state.metrics_pages
     key = (tenant_id, job_id, keys, since_step, limit)
     kept = cache.get(key)
-    if kept is not None:
-        return Response(kept, media_type="application/json")
-    body, settled = await run_in_threadpool(
-        _job_metrics_page, session, tenant_id, job_id, keys, since_step, limit
-    )
-    if settled:
-        cache.put(key, body)
-    return Response(body, media_type="application/json")
+    if kept is None:
+        live_s = request.app.state.settings.live_page_s
+        kept = await run_in_threadpool(_job_metrics_page, session, cache, key, live_s)
+    return Response(kept, media_type="application/json")
 
 
 def _job_metrics_page(
-    session: Session, tenant_id: int, job_id: int, keys: str | None, since_step: int, limit: int
-) -> tuple[bytes, bool]:
-    """A page of the tenant's job (or 404), and whether it is settled: the same for good.
+    session: Session, cache: BodyCache, key: tuple[int, int, str | None, int, int], live_s: float
+) -> bytes:
+    """The page ``key`` names of the tenant's job (or 404), kept in ``cache`` for good if it
+    is settled, or else for ``live_s`` seconds, sent again only while the job still runs.
 
     A finished job's whole history is settled. A running job's steps before its latest
     recorded checkpoint are too: the worker stores them before it writes the checkpoint
@@ -352,16 +349,28 @@ def _job_metrics_page(
     before it count. A page is settled when every row it depends on is: up to ``boundary``,
     the first step it leaves out.
     """
+    tenant_id, job_id, keys, since_step, limit = key
     job = get_job(session, tenant_id, job_id)
+    running = job.state not in TERMINAL_STATES
+    # Kept apart from settled pages, and only read while the job runs: once it has finished,
+    # its pages show every row at once, not one left from a second ago.
+    live_key = (*key, "live")
+    if running and live_s > 0 and (live := cache.get(live_key)) is not None:
+        return live
     body, boundary = _metrics_page(session, job_id, keys, since_step, limit)
-    if job.state in TERMINAL_STATES:
-        return body, True
-    if boundary is None:  # the page runs to the newest rows
-        return body, False
-    checkpoint = session.scalar(
+    if not running or (boundary is not None and boundary < _latest_checkpoint(session, job_id)):
+        cache.put(key, body)
+    elif live_s > 0:
+        cache.put(live_key, body, ttl_s=live_s)
+    return body
+
+
+def _latest_checkpoint(session: Session, job_id: int) -> int:
+    """The iteration of the job's latest recorded checkpoint; -1 before its first."""
+    latest = session.scalar(
         select(func.max(Checkpoint.iteration)).where(Checkpoint.job_id == job_id)
     )
-    return body, checkpoint is not None and boundary < checkpoint
+    return -1 if latest is None else latest
 
 
 def _metrics_page(

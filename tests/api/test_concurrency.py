@@ -55,7 +55,10 @@ def served(postgres_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         job_id = job.id
     engine.dispose()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AETRAIN_")}
-    env.update(AETRAIN_HOME=str(tmp_path / "home"), DATABASE_URL=postgres_url)
+    # Every page built from the database, none sent again from a moment ago.
+    env.update(
+        AETRAIN_HOME=str(tmp_path / "home"), DATABASE_URL=postgres_url, AETRAIN_LIVE_PAGE_S="0"
+    )
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(

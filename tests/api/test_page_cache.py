@@ -1,4 +1,7 @@
-"""The API's cache of final response bodies stays within its size, dropping the least used."""
+"""The API's cache of response bodies stays within its size, dropping the least used, and
+forgets a body kept for a while once that while is over."""
+
+import time
 
 from api.page_cache import BodyCache
 
@@ -21,3 +24,12 @@ def test_a_zero_size_cache_keeps_nothing() -> None:
     cache = BodyCache(max_bytes=0)
     cache.put("a", b"a")
     assert cache.get("a") is None and cache.size == 0
+
+
+def test_a_body_kept_for_a_while_is_gone_after_it() -> None:
+    cache = BodyCache(max_bytes=100)
+    cache.put("live", b"page", ttl_s=0.2)
+    cache.put("final", b"page")
+    assert cache.get("live") == b"page" and cache.size == 8
+    time.sleep(0.25)
+    assert cache.get("live") is None and cache.get("final") == b"page" and cache.size == 4

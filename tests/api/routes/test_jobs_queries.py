@@ -1,7 +1,9 @@
 """Job endpoints that need no worker: model references and metric paging on stored rows."""
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
@@ -117,17 +119,41 @@ def test_a_training_size_the_cfg_cannot_take_is_422_not_500(
     assert client.get("/v1/jobs", headers=auth).json()["count"] == 0
 
 
-def test_a_finished_jobs_pages_are_kept_and_a_running_jobs_are_not(
-    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], settings: Settings
-) -> None:
+def _alices_running_job(
+    settings: Settings, metrics: list[tuple[str, int]], checkpoint_at: int | None = None
+) -> int:
+    """A running job of tenant alice with a metric row per ``(key, step)``, and a checkpoint
+    recorded at ``checkpoint_at``."""
     with _session(settings) as session:
         tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
         job = Job(tenant_id=tenant, spec={}, state="running")
         session.add(job)
         session.flush()
-        session.add_all(Metric(job_id=job.id, key="loss", step=s, value=1.0) for s in (1, 2, 3))
+        session.add_all(Metric(job_id=job.id, key=k, step=s, value=1.0) for k, s in metrics)
+        if checkpoint_at is not None:
+            session.add(
+                Checkpoint(
+                    job_id=job.id, name="last.pt", iteration=checkpoint_at, size=1, sha256="0",
+                    path="x",
+                )
+            )  # fmt: skip
         session.commit()
-        job_id = job.id
+        return job.id
+
+
+@pytest.fixture
+def exact_client(settings: Settings) -> Iterator[TestClient]:
+    """An API that keeps no page of a running job for a moment (AETRAIN_LIVE_PAGE_S=0)."""
+    exact = settings.model_copy(update={"live_page_s": 0.0})
+    with TestClient(create_app(exact)) as test_client:
+        yield test_client
+
+
+def test_a_finished_jobs_pages_are_kept_and_a_running_jobs_are_not(
+    exact_client: TestClient, auth: dict[str, str], other_auth: dict[str, str], settings: Settings
+) -> None:
+    client = exact_client
+    job_id = _alices_running_job(settings, [("loss", s) for s in (1, 2, 3)])
     url = f"/v1/jobs/{job_id}/metrics?limit=50"
 
     def steps() -> list[int]:
@@ -151,23 +177,13 @@ def test_a_finished_jobs_pages_are_kept_and_a_running_jobs_are_not(
 
 
 def test_a_running_jobs_pages_before_its_last_checkpoint_are_kept(
-    client: TestClient, auth: dict[str, str], settings: Settings
+    exact_client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
+    client = exact_client
     # 30 steps of 3 keys; checkpoint at step 20. A 50-row page from the start holds steps 1..16
     # and ends because of step 17: settled. The page after it runs to the newest rows: not.
-    with _session(settings) as session:
-        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
-        job = Job(tenant_id=tenant, spec={}, state="running")
-        session.add(job)
-        session.flush()
-        session.add_all(
-            Metric(job_id=job.id, key=k, step=s, value=1.0) for s in range(1, 31) for k in "abc"
-        )
-        session.add(
-            Checkpoint(job_id=job.id, name="last.pt", iteration=20, size=1, sha256="0", path="x")
-        )
-        session.commit()
-        job_id = job.id
+    rows = [(k, s) for s in range(1, 31) for k in "abc"]
+    job_id = _alices_running_job(settings, rows, checkpoint_at=20)
 
     def page(since: int) -> dict[str, Any]:
         url = f"/v1/jobs/{job_id}/metrics?limit=50&since_step={since}"
@@ -189,3 +205,25 @@ def test_a_running_jobs_pages_before_its_last_checkpoint_are_kept(
     assert tail["next_since_step"] is None and tail["count"] == 42
     add_row(25)
     assert page(16)["count"] == 43  # built afresh: steps after the checkpoint may still change
+
+
+def test_a_running_jobs_newest_page_is_sent_again_for_a_moment_while_it_runs(
+    settings: Settings, auth: dict[str, str]
+) -> None:
+    job_id = _alices_running_job(settings, [("loss", s) for s in (1, 2, 3)])
+    url = f"/v1/jobs/{job_id}/metrics?limit=50"
+    # A long moment, so the test does not race the clock.
+    with TestClient(create_app(settings.model_copy(update={"live_page_s": 60.0}))) as client:
+
+        def steps() -> list[int]:
+            return [m["step"] for m in client.get(url, headers=auth).json()["data"]]
+
+        assert steps() == [1, 2, 3]
+        with _session(settings) as session:
+            session.execute(insert(Metric).values(job_id=job_id, key="loss", step=4, value=1.0))
+            session.commit()
+        assert steps() == [1, 2, 3]  # the page of a moment ago
+        with _session(settings) as session:
+            session.execute(update(Job).where(Job.id == job_id).values(state="succeeded"))
+            session.commit()
+        assert steps() == [1, 2, 3, 4]  # finished: every row, at once
