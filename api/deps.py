@@ -40,7 +40,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 # to finish in, and under load requests stalled until the pool's 30 s timeout answered 500
 # (bench/bench_api_load.py with 200 clients).
 # Four: route code is CPU-bound Python, so more threads at once than that only contend for
-# the GIL (with 10, a 2-core machine served 12% fewer uncached pages per second).
+# the GIL (with 10, a 2-core machine served 11% fewer uncached pages per second).
 DB_SESSIONS = 4
 # SSE streams poll the database with short sessions of their own, this many at once.
 STREAM_POLLS = 4

@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # What start-up built (modules, the app, the ORM's mappers) lives as long as the
         # process: out of the collector's sight, a full collection no longer walks it, which
         # under load showed as 100 ms stalls every few seconds (bench/bench_api_load.py).
+        # Collected first, so no garbage is frozen with it.
+        gc.collect()
         gc.freeze()
         reaper = asyncio.create_task(
             reap_forever(app.state.session_factory, app.state.celery, settings)

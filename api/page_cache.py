@@ -2,8 +2,8 @@
 
 A finished job's metric history is final, and so are a running job's steps before its latest
 checkpoint; dashboards and comparisons fetch the same pages of them again and again, and each
-API process builds such a page once (``api.routes.jobs``). The newest page of a running job
-is kept for a moment only, for the clients polling it at the same time.
+API process builds such a page once (``api.routes.jobs``). With ``AETRAIN_LIVE_PAGE_S``
+set, the newest page of a running job is kept for that moment only.
 """
 
 import threading

@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     metrics_cache_mib: float = Field(default=64.0, ge=0)
     # Per API process: seconds a metric page that can still change (a running job's newest
     # rows) is sent again before it is rebuilt, so many clients polling one job cost one build
-    # (0: built for every request). Workers write rows every 2 s, so 1 s adds little delay.
-    live_page_s: float = Field(default=1.0, ge=0)
+    # (0, the default: built for every request, rows show as soon as a worker writes them).
+    live_page_s: float = Field(default=0.0, ge=0)
     # Millions of trainable parameters (yolov3 has 62, yolov4 64): checked at upload and submit.
     max_params_m: float = Field(default=500.0, gt=0)
     # GiB one training step of a job may need by api.budget's estimate: activations of a

@@ -132,10 +132,11 @@ def ingest(url: str, total_rows: int, batch_rows: int) -> float:
 
 
 @contextmanager
-def server(url: str, home: Path, workers: int) -> Iterator[tuple[str, int]]:
+def server(url: str, home: Path, workers: int, live_page_s: float) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AETRAIN_")}
-    env.update(AETRAIN_HOME=str(home), DATABASE_URL=url, AETRAIN_MAX_ACTIVE_JOBS="1000000")
+    env.update(AETRAIN_HOME=str(home), DATABASE_URL=url, AETRAIN_MAX_ACTIVE_JOBS="1000000",
+               AETRAIN_LIVE_PAGE_S=str(live_page_s))  # fmt: skip
     log = (home / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--no-embedded-worker",
@@ -307,6 +308,10 @@ def main() -> None:
         help="polled jobs; client i polls job i mod N (one job: every client the same page)",
     )  # fmt: skip
     parser.add_argument(
+        "--live-page-s", type=float, default=0.0,
+        help="the server's AETRAIN_LIVE_PAGE_S: seconds a running job's newest page is reused",
+    )  # fmt: skip
+    parser.add_argument(
         "--checkpoint-at", type=int, default=0,
         help="record a checkpoint of the job at this step (0: none): the API keeps a running "
         "job's pages that end before it",
@@ -324,7 +329,7 @@ def main() -> None:
         rate = ingest(url, args.ingest_rows, args.batch_rows)
         print(f"\ningest ({kind}): {args.ingest_rows:,} rows in batches of {args.batch_rows:,}: "
               f"{rate:,.0f} rows/s")  # fmt: skip
-        with server(url, home, args.api_workers) as (base, pid):
+        with server(url, home, args.api_workers, args.live_page_s) as (base, pid):
             clients_cpu, server_cpu, db_cpu = _own_cpu(), _process_tree_cpu(pid), _postgres_cpu()
             start = time.monotonic()
             latencies, failures = asyncio.run(load(base, key, job_ids, dataset_id, args))
@@ -335,7 +340,7 @@ def main() -> None:
     checkpoint = f"at step {args.checkpoint_at}" if args.checkpoint_at else "none"
     print(f"\nload ({kind}, {args.api_workers} API process(es)): {args.clients} clients "
           f"polling a 1,000-point metrics page of {args.jobs} {args.job_state} job(s) "
-          f"(checkpoint: {checkpoint}) every "
+          f"(checkpoint: {checkpoint}; newest page reused for {args.live_page_s:g} s) every "
           f"{args.poll_s:g} s, {args.submitters} submitting a job every "
           f"{args.submit_every_s:g} s; measured for {args.duration_s:g} s after "
           f"{args.warmup_s:g} s of warm-up")  # fmt: skip

@@ -227,3 +227,21 @@ def test_a_running_jobs_newest_page_is_sent_again_for_a_moment_while_it_runs(
             session.execute(update(Job).where(Job.id == job_id).values(state="succeeded"))
             session.commit()
         assert steps() == [1, 2, 3, 4]  # finished: every row, at once
+
+
+def test_a_non_finite_metric_is_null_in_a_page(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    job_id = _alices_running_job(settings, [])
+    with _session(settings) as session:
+        # Workers leave non-finite values out (SQLite cannot store NaN); any that got in
+        # still make valid JSON.
+        values = {1: float("inf"), 2: float("-inf"), 3: 0.25}
+        session.add_all(
+            Metric(job_id=job_id, key="loss", step=s, value=v) for s, v in values.items()
+        )
+        session.commit()
+    page = client.get(f"/v1/jobs/{job_id}/metrics", headers=auth)
+    assert page.status_code == 200, page.text
+    assert [m["value"] for m in page.json()["data"]] == [None, None, 0.25]
+    assert all(m["at"].endswith("Z") for m in page.json()["data"])
