@@ -3,14 +3,12 @@
 import hashlib
 import hmac
 import secrets
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.cache import MemoryCache
 from api.db import ApiKey, Tenant
 
 KEY_PREFIX = "aet_"
@@ -65,25 +63,11 @@ class VerifiedKeys:
 
     def __init__(self, ttl_s: float, max_keys: int = 10_000) -> None:
         self.ttl_s = ttl_s
-        self.max_keys = max_keys
-        self._tenants: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._tenants: MemoryCache[str, int] = MemoryCache(max_keys, lambda _: 1)
 
     def get(self, digest: str) -> int | None:
-        with self._lock:
-            found = self._tenants.get(digest)
-            if found is None:
-                return None
-            if time.monotonic() >= found[1]:
-                del self._tenants[digest]
-                return None
-            return found[0]
+        return self._tenants.get(digest)
 
     def put(self, digest: str, tenant_id: int) -> None:
-        if self.ttl_s <= 0:
-            return
-        with self._lock:
-            self._tenants.pop(digest, None)
-            self._tenants[digest] = (tenant_id, time.monotonic() + self.ttl_s)
-            while len(self._tenants) > self.max_keys:  # the oldest first
-                self._tenants.popitem(last=False)
+        if self.ttl_s > 0:
+            self._tenants.put(digest, tenant_id, ttl_s=self.ttl_s)

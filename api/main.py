@@ -11,10 +11,10 @@ from fastapi import FastAPI
 
 from ae_model import __version__
 from api.auth import VerifiedKeys
+from api.cache import BodyCache
 from api.db import make_engine, make_session_factory
 from api.deps import POOL_SIZE, STREAM_POLLS
 from api.migrate import check_up_to_date
-from api.page_cache import BodyCache
 from api.reaper import reap_forever
 from api.routes import comparisons, datasets, health, jobs, models
 from api.settings import Settings, get_settings

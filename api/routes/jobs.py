@@ -23,6 +23,7 @@ from ae_model.cfg import (
     parse_cfg,
 )
 from api.budget import parameters_over_budget, training_step_memory
+from api.cache import BodyCache
 from api.db.models import (
     TERMINAL_STATES,
     Checkpoint,
@@ -45,7 +46,6 @@ from api.job_schemas import (
     MetricsPage,
 )
 from api.job_spec import JobCreate, StrideSpec
-from api.page_cache import BodyCache
 from api.schemas import BAD_JSON, MAX_ROW_ID, UNAUTHORIZED
 from api.settings import Settings
 from worker import jobs as job_ops

@@ -3,7 +3,7 @@ forgets a body kept for a while once that while is over."""
 
 import time
 
-from api.page_cache import BodyCache
+from api.cache import BodyCache
 
 
 def test_bodies_past_the_size_drop_the_least_recently_used() -> None:
