@@ -155,9 +155,6 @@ def server(url: str, home: Path, workers: int, live_page_s: float) -> Iterator[t
             proc.kill()
             proc.wait()
         log.close()
-        import shutil
-
-        shutil.copy(home / "serve.log", "/tmp/serve_last.log")
 
 
 async def load(
