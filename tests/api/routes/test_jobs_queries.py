@@ -1,9 +1,7 @@
 """Job endpoints that need no worker: model references and metric paging on stored rows."""
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
@@ -141,18 +139,9 @@ def _alices_running_job(
         return job.id
 
 
-@pytest.fixture
-def exact_client(settings: Settings) -> Iterator[TestClient]:
-    """An API that keeps no page of a running job for a moment (AETRAIN_LIVE_PAGE_S=0)."""
-    exact = settings.model_copy(update={"live_page_s": 0.0})
-    with TestClient(create_app(exact)) as test_client:
-        yield test_client
-
-
 def test_a_finished_jobs_pages_are_kept_and_a_running_jobs_are_not(
-    exact_client: TestClient, auth: dict[str, str], other_auth: dict[str, str], settings: Settings
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], settings: Settings
 ) -> None:
-    client = exact_client
     job_id = _alices_running_job(settings, [("loss", s) for s in (1, 2, 3)])
     url = f"/v1/jobs/{job_id}/metrics?limit=50"
 
@@ -177,9 +166,8 @@ def test_a_finished_jobs_pages_are_kept_and_a_running_jobs_are_not(
 
 
 def test_a_running_jobs_pages_before_its_last_checkpoint_are_kept(
-    exact_client: TestClient, auth: dict[str, str], settings: Settings
+    client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
-    client = exact_client
     # 30 steps of 3 keys; checkpoint at step 20. A 50-row page from the start holds steps 1..16
     # and ends because of step 17: settled. The page after it runs to the newest rows: not.
     rows = [(k, s) for s in range(1, 31) for k in "abc"]
