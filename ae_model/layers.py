@@ -240,7 +240,9 @@ class YoloLayer(nn.Module):
         x = (sigmoid(tx) * scale_x_y - (scale_x_y - 1) / 2 + cx) * input_width / w,
         w = exp(tw) * anchor_w; objectness and classes through a sigmoid.
         """
-        p = _per_anchor(raw, len(self.mask))
+        # In float32 whatever autocast computed the map in: bfloat16's 8-bit mantissa would
+        # round a box centre near 300 px to 2 px steps.
+        p = _per_anchor(raw.float(), len(self.mask))
         gx, gy = _grid(p)
         xy = torch.sigmoid(p[..., :2]) * self.scale_x_y - (self.scale_x_y - 1) / 2
         h, w = p.shape[2:4]
@@ -283,7 +285,7 @@ class RegionLayer(nn.Module):
 
         x = (sigmoid(tx) + cx) / w * input_width, w = exp(tw) * anchor_w / w * input_width.
         """
-        p = _per_anchor(raw, self.num)
+        p = _per_anchor(raw.float(), self.num)  # float32, as YoloLayer.decode
         gx, gy = _grid(p)
         h, w = p.shape[2:4]
         xy = torch.sigmoid(p[..., :2])

@@ -74,6 +74,12 @@ class TrainSpec(StrictModel):
     checkpoint_interval: Annotated[int, Field(ge=1)] = 100
     val_limit: Annotated[int | None, Field(ge=1)] = None
     workers: Annotated[int, Field(ge=0, le=32)] = 2
+    amp: bool = Field(
+        default=True,
+        description="Mixed precision where the device computes it fast: bfloat16 (else "
+        "float16) on CUDA, bfloat16 on CPUs with native bf16 instructions, float32 elsewhere. "
+        "resolved.amp_dtype says what the job used (null: float32).",
+    )
     world_size: Annotated[
         int,
         Field(ge=1, le=16,

@@ -100,6 +100,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contiguous", action="store_true",
                         help="add a system: aetrain without channels-last memory "
                              "(TrainConfig.channels_last=False), to see what it gains")  # fmt: skip
+    parser.add_argument("--float32", action="store_true",
+                        help="add a system: aetrain without mixed precision "
+                             "(TrainConfig.amp=False), to see what it gains")  # fmt: skip
     parser.add_argument("--profile", type=int, default=0,
                         help="then profile this many aetrain steps per cfg (0: none)")  # fmt: skip
     parser.add_argument("--profile-rows", type=int, default=15, help="operators listed")
@@ -204,7 +207,7 @@ def xyxy_to_cxcywh(xyxy: torch.Tensor) -> torch.Tensor:
 
 def build_aetrain(
     cfg: str, data: Path, out: Path, args: argparse.Namespace, batch: int,
-    channels_last: bool = True,
+    channels_last: bool = True, amp: bool = True,
 ) -> tuple[Trainer, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The project's Trainer on ``data`` and one batch of its own training stream.
 
@@ -215,7 +218,7 @@ def build_aetrain(
         cfg=cfg, data=str(data), out=str(out), seed=args.seed, max_batches=NO_ITERATION_LIMIT,
         batch=batch, subdivisions=1, learning_rate=args.lr, burn_in=0, width=args.size,
         height=args.size, multiscale=False, device=args.device, checkpoint_interval=0,
-        channels_last=channels_last,
+        channels_last=channels_last, amp=amp,
     )  # fmt: skip
     trainer = Trainer(config)
     loader = build_loader(
@@ -455,6 +458,12 @@ def bench_cfg(cfg: str, args: argparse.Namespace, tmp: Path) -> None:
         torch.manual_seed(args.seed)
         variant, _, _ = build_aetrain(cfg, data, tmp / "run", args, batch, channels_last=False)
         systems.append(aetrain_system(variant, images, targets, "aetrain, contiguous"))
+    if args.float32:
+        torch.manual_seed(args.seed)
+        variant, _, _ = build_aetrain(cfg, data, tmp / "run", args, batch, amp=False)
+        systems.append(aetrain_system(variant, images, targets, "aetrain, float32"))
+    print(f"precision: aetrain {r['amp_dtype'] or 'float32'} (TrainConfig.amp, autocast), "
+          "peers float32")  # fmt: skip
     # The Trainer's cfg (retargeted to the data's classes) is what every darknet peer parses.
     cfg_file = tmp / f"{Path(cfg).stem}-{len(r['classes'])}.cfg"
     cfg_file.write_text(r["cfg_text"])

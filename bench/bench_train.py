@@ -51,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-images", type=int, default=800, help="generated train images")
     parser.add_argument("--val-images", type=int, default=200, help="generated val images")
     parser.add_argument("--budget-s", type=float, default=180.0, help="training wall time (s)")
+    parser.add_argument("--max-iterations", type=int, default=None,
+                        help="stop after this many iterations if the budget lasts that long, "
+                             "to compare settings at equal iterations")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=10,
                         help="first steps left out of the median images/s")  # fmt: skip
     parser.add_argument("--batch", type=int, default=16, help="images per iteration")
@@ -68,6 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="AE length T (default: fit to the budget)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="mixed precision where the device is fast at it "
+                             "(TrainConfig.amp)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--out", type=Path, default=None,
                         help="checkpoint folder (default: a temporary folder)")  # fmt: skip
@@ -81,8 +87,11 @@ class WallTimeBudget(Hook):
     budget allows at the median step time so far, so alpha reaches 0 near the end.
     """
 
-    def __init__(self, budget_s: float, warmup: int, fit_ae: bool) -> None:
+    def __init__(
+        self, budget_s: float, warmup: int, fit_ae: bool, max_iterations: int | None = None
+    ) -> None:
         self.budget_s = budget_s
+        self.max_iterations = max_iterations
         self.warmup = warmup
         self.fit_ae = fit_ae
         self.start = 0.0
@@ -105,7 +114,7 @@ class WallTimeBudget(Hook):
             for module in trainer.model.excitations.values():
                 if isinstance(module, AssistedExcitation):
                     module.T = self.ae_T
-        if self.elapsed >= self.budget_s:
+        if self.elapsed >= self.budget_s or trainer.iteration == self.max_iterations:
             trainer.stop_requested = True
 
 
@@ -205,11 +214,14 @@ def run(args: argparse.Namespace, data: Path, out: Path) -> int:
         cfg=cfg_text(args.cfg, args.flip), data=str(data), out=str(out), seed=args.seed,
         max_batches=NO_ITERATION_LIMIT, batch=args.batch, subdivisions=args.subdivisions,
         learning_rate=args.lr, burn_in=args.burn_in, width=args.size, height=args.size,
-        multiscale=args.multiscale, ae=ae, device=args.device,
+        multiscale=args.multiscale, ae=ae, device=args.device, amp=args.amp,
         workers=args.workers, checkpoint_interval=0,
     )  # fmt: skip
     start = time.perf_counter()
-    budget = WallTimeBudget(args.budget_s, args.warmup, fit_ae=ae is not None and not ae.iterations)
+    budget = WallTimeBudget(
+        args.budget_s, args.warmup, fit_ae=ae is not None and not ae.iterations,
+        max_iterations=args.max_iterations,
+    )  # fmt: skip
     trainer = Trainer(config, hooks=[budget, Progress()])
     setup_s = time.perf_counter() - start
     r = config.resolved
@@ -220,7 +232,7 @@ def run(args: argparse.Namespace, data: Path, out: Path) -> int:
         f"{' (multi-scale, random=' + str(r['random']) + ')' if r['random'] else ''}, "
         f"classes {retargeted} -> {len(r['classes'])}, batch {r['batch']} / subdivisions "
         f"{r['subdivisions']}, lr {r['learning_rate']:g} (burn-in {r['burn_in']}, policy "
-        f"{r['policy']}), workers {args.workers}, AE "
+        f"{r['policy']}), workers {args.workers}, precision {r['amp_dtype'] or 'float32'}, AE "
         + (f"on layer(s) {trainer.ae_layers} (stride {args.ae_stride})" if ae else "off")
     )
     aug = r["augment"]
@@ -229,7 +241,9 @@ def run(args: argparse.Namespace, data: Path, out: Path) -> int:
         f"{aug['saturation']:g}, exposure {aug['exposure']:g}, flip {aug['flip']}, letterbox "
         f"{aug['letterbox']}"
     )
-    print(f"budget: {args.budget_s:g} s of training, then one evaluation; setup {setup_s:.1f} s")
+    at_most = f" or {args.max_iterations} iterations" if args.max_iterations else ""
+    print(f"budget: {args.budget_s:g} s of training{at_most}, then one evaluation; setup "
+          f"{setup_s:.1f} s")  # fmt: skip
 
     error: NonFiniteLossError | None = None
     try:

@@ -295,6 +295,27 @@ def test_region_decode_anchors_in_grid_cells() -> None:
     torch.testing.assert_close(boxes[0, (a * 2 + cy) * 4 + cx], expected)
 
 
+def test_heads_decode_a_bfloat16_map_in_float32() -> None:
+    """Under autocast the map arrives in bfloat16; boxes must not be rounded to its 8 bits."""
+    yolo = NET + (
+        "[convolutional]\nfilters=14\nsize=1\nactivation=linear\n"
+        "[yolo]\nmask=1,2\nanchors=5,6, 10,12, 20,24\nnum=3\nclasses=2\n"
+    )
+    region = NET + (
+        "[convolutional]\nfilters=14\nsize=1\nactivation=linear\n"
+        "[region]\nanchors=1,2, 3,4\nnum=2\nclasses=2\nsoftmax=1\n"
+    )
+    raw = torch.randn(1, 14, 16, 16).bfloat16()
+    for text in (yolo, region):
+        head = Darknet(text).heads[0]
+        boxes = head.decode(raw, 512, 512)
+        assert boxes.dtype == torch.float32
+        torch.testing.assert_close(boxes, head.decode(raw.float(), 512, 512), rtol=0, atol=0)
+        # Centres in the last column lie near 500 px, where bfloat16's steps are 2-4 px.
+        centres = boxes[..., 0]
+        assert not torch.equal(centres, centres.bfloat16().float())
+
+
 def test_eval_forward_is_deterministic_and_dropout_is_identity() -> None:
     text = NET + (
         "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"

@@ -10,7 +10,14 @@ import torch
 from ae_model.cfg import resolve_cfg
 from ae_model.datasets import generate_dataset
 from ae_model.hooks import ResultsLogger
-from ae_model.train import AEConfig, Hook, NonFiniteLossError, TrainConfig, Trainer
+from ae_model.train import (
+    AEConfig,
+    Hook,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    cpu_has_native_bf16,
+)
 
 CFG = "yolov3-tiny-small"
 
@@ -60,6 +67,21 @@ def test_tiny_run_learns_and_evaluates(shapes: Path, tmp_path: Path) -> None:
     # The cfg has 10 classes; the data has 6 shapes: the heads were retargeted.
     assert trainer.model.heads[0].classes == 6
     assert trainer.config.resolved["retargeted_from_classes"] == [10]
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_amp_computes_in_bfloat16_where_the_cpu_has_it(
+    shapes: Path, tmp_path: Path, amp: bool
+) -> None:
+    trainer = Trainer(_config(shapes, tmp_path, max_batches=1, device="cpu", amp=amp))
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen: list[torch.dtype] = []
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    trainer.train()
+    native = amp and cpu_has_native_bf16()
+    assert seen[0] == (torch.bfloat16 if native else torch.float32)  # the training step
+    assert trainer.config.resolved["amp_dtype"] == ("bfloat16" if native else None)
+    assert math.isfinite(trainer.history[-1]["loss"])
 
 
 def test_same_seed_gives_identical_losses(shapes: Path, tmp_path: Path) -> None:
