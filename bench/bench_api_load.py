@@ -76,17 +76,20 @@ def database(url: str | None, home: Path) -> Iterator[str]:
 
 
 def seed(
-    url: str, home: Path, steps: int, state: str, checkpoint_at: int, jobs: int
-) -> tuple[str, int, list[int]]:
+    url: str, home: Path, steps: int, state: str, checkpoint_at: int, jobs: int,
+    nan_rollbacks: int = 0,
+) -> tuple[str, int, list[int]]:  # fmt: skip
     """An API key, a ready dataset row and ``jobs`` jobs in ``state``, each with ``steps``
-    steps of metrics and, when ``checkpoint_at`` > 0, a checkpoint recorded at that step."""
+    steps of metrics, ``train.nan_rollbacks`` in its spec and, when ``checkpoint_at`` > 0, a
+    checkpoint recorded at that step."""
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     with sessions() as session:
         key = create_tenant_with_key(session, "bench").key
         tenant = session.scalars(select(Tenant.id)).one()
         dataset = Dataset(tenant_id=tenant, name="bench", path=str(home), class_names=[])
-        polled = [Job(tenant_id=tenant, spec={}, state=state) for _ in range(jobs)]
+        spec = {"train": {"nan_rollbacks": nan_rollbacks}}
+        polled = [Job(tenant_id=tenant, spec=spec, state=state) for _ in range(jobs)]
         session.add_all([dataset, *polled])
         session.commit()
         now = utcnow()
@@ -194,14 +197,19 @@ async def load(
             failures[kind] += 1
         return time.monotonic() - started
 
+    # Whole steps up to 1,000 rows, or every row after since_step when fewer.
+    newer = args.steps - max(args.since_step, 0)  # steps are 1..steps
+    expected = min(1000 // len(METRIC_KEYS), newer) * len(METRIC_KEYS)
+    params = {"limit": 1000, "since_step": args.since_step}
+
     async def poller(offset: float, job_id: int) -> None:
         await asyncio.sleep(offset)  # spread the clients over one polling period
         async with client() as c:
             while time.monotonic() < end:
                 took = await timed(
                     "metrics page",
-                    c.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 1000}),
-                    lambda r: r.status_code == 200 and _page_count(r.content) >= 990,
+                    c.get(f"/v1/jobs/{job_id}/metrics", params=params),
+                    lambda r: r.status_code == 200 and _page_count(r.content) == expected,
                 )
                 await asyncio.sleep(max(0.0, args.poll_s - took))
 
@@ -313,6 +321,16 @@ def main() -> None:
         help="record a checkpoint of the job at this step (0: none): the API keeps a running "
         "job's pages that end before it",
     )  # fmt: skip
+    parser.add_argument(
+        "--nan-rollbacks", type=int, default=0,
+        help="the jobs' train.nan_rollbacks: a job that may roll back has only its pages "
+        "before its checkpoint kept, one that may not every full page",
+    )  # fmt: skip
+    parser.add_argument(
+        "--since-step", type=int, default=-1,
+        help="clients ask for the page after this step; within 142 steps of --steps it "
+        "reaches the newest rows, which the API builds for every request",
+    )  # fmt: skip
     args = parser.parse_args()
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
@@ -321,8 +339,9 @@ def main() -> None:
         home = Path(tmp)
         kind = make_url(url).get_backend_name()
         key, dataset_id, job_ids = seed(
-            url, home, args.steps, args.job_state, args.checkpoint_at, args.jobs
-        )
+            url, home, args.steps, args.job_state, args.checkpoint_at, args.jobs,
+            args.nan_rollbacks,
+        )  # fmt: skip
         rate = ingest(url, args.ingest_rows, args.batch_rows)
         print(f"\ningest ({kind}): {args.ingest_rows:,} rows in batches of {args.batch_rows:,}: "
               f"{rate:,.0f} rows/s")  # fmt: skip
@@ -336,8 +355,10 @@ def main() -> None:
             db_cpu = _postgres_cpu() - db_cpu
     checkpoint = f"at step {args.checkpoint_at}" if args.checkpoint_at else "none"
     print(f"\nload ({kind}, {args.api_workers} API process(es)): {args.clients} clients "
-          f"polling a 1,000-point metrics page of {args.jobs} {args.job_state} job(s) "
-          f"(checkpoint: {checkpoint}; newest page reused for {args.live_page_s:g} s) every "
+          f"polling a metrics page (since_step {args.since_step}, limit 1000) of {args.jobs} "
+          f"{args.job_state} job(s) of {args.steps} steps x {len(METRIC_KEYS)} keys "
+          f"(nan_rollbacks {args.nan_rollbacks}, checkpoint: {checkpoint}; newest page reused "
+          f"for {args.live_page_s:g} s) every "
           f"{args.poll_s:g} s, {args.submitters} submitting a job every "
           f"{args.submit_every_s:g} s; measured for {args.duration_s:g} s after "
           f"{args.warmup_s:g} s of warm-up")  # fmt: skip

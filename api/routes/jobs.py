@@ -1,6 +1,7 @@
 """Training jobs: submit, list, inspect, cancel, metrics (paged and streamed), checkpoints."""
 
 import asyncio
+import bisect
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -341,36 +342,63 @@ def _job_metrics_page(
     """The page ``key`` names of the tenant's job (or 404), kept in ``cache`` for good if it
     is settled, or else for ``live_s`` seconds, sent again only while the job still runs.
 
-    A finished job's whole history is settled. A running job's steps before its latest
-    recorded checkpoint are too: the worker stores them before it writes the checkpoint
-    (DatabaseHook.before_checkpoint); a rollback or a resume goes back to that checkpoint or a
-    later one (workers share the artifact store) and replaces only steps after it; an
-    evaluation at the checkpoint's own step can still add rows there, so only steps strictly
-    before it count. A page is settled when every row it depends on is: up to ``boundary``,
-    the first step it leaves out.
+    A page is settled when every row it depends on is: up to ``boundary``, the first step it
+    leaves out (None: the page reached the last row, so a new row could join it).
+
+    - A finished job's whole history is settled.
+    - A worker stores a job's rows in step order, a step's rows before the next step's
+      (DatabaseHook flushes its buffer first in, first out, one transaction at a time), and a
+      resumed attempt re-writing a step logs the same keys, so it adds nothing (Metric is
+      unique per job, key and step).
+      So unless the job may roll back, every step before the newest one stored is settled.
+    - A job with ``train.nan_rollbacks`` > 0 may delete the steps after its latest checkpoint
+      and train them again (DatabaseHook.after_rollback). Its steps before that checkpoint
+      are settled: the worker stores them before it writes the checkpoint
+      (DatabaseHook.before_checkpoint), and a rollback goes back to that checkpoint or a
+      later one (workers share the artifact store); an evaluation at the checkpoint's own step
+      can still add rows there, so only steps strictly before it count.
     """
     tenant_id, job_id, keys, since_step, limit = key
-    job = get_job(session, tenant_id, job_id)
-    running = job.state not in TERMINAL_STATES
+    # The job first: one seen finished has stored all its rows, and a checkpoint seen has its
+    # steps stored (a later one only settles more).
+    state, checkpoint, may_roll_back = _job_progress(session, tenant_id, job_id)
+    running = state not in TERMINAL_STATES
     # Kept apart from settled pages, and only read while the job runs: once it has finished,
     # its pages show every row at once, not one left from a second ago.
     live_key = (*key, "live")
     if running and live_s > 0 and (live := cache.get(live_key)) is not None:
         return live
     body, boundary = _metrics_page(session, job_id, keys, since_step, limit)
-    if not running or (boundary is not None and boundary < _latest_checkpoint(session, job_id)):
+    # Done with the database: the connection goes back here, not in a second thread hop.
+    session.close()
+    if not running or (boundary is not None and (not may_roll_back or boundary < checkpoint)):
         cache.put(key, body)
     elif live_s > 0:
         cache.put(live_key, body, ttl_s=live_s)
     return body
 
 
-def _latest_checkpoint(session: Session, job_id: int) -> int:
-    """The iteration of the job's latest recorded checkpoint; -1 before its first."""
-    latest = session.scalar(
-        select(func.max(Checkpoint.iteration)).where(Checkpoint.job_id == job_id)
+def _job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, int, bool]:
+    """The tenant's job's state, the iteration of its latest recorded checkpoint (-1 before
+    its first) and whether it may roll back (``train.nan_rollbacks`` > 0), in one query;
+    404 as :func:`get_job`."""
+    latest = (
+        select(func.coalesce(func.max(Checkpoint.iteration), -1))
+        .where(Checkpoint.job_id == Job.id)
+        .scalar_subquery()
     )
-    return -1 if latest is None else latest
+    rollbacks = func.coalesce(Job.spec["train"]["nan_rollbacks"].as_integer(), 0)
+    row = None
+    if 0 < job_id <= MAX_ROW_ID:
+        query = select(Job.state, latest, rollbacks > 0)
+        row = (
+            session.connection()
+            .execute(query.where(Job.id == job_id, Job.tenant_id == tenant_id))
+            .first()
+        )
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return row[0], row[1], bool(row[2])
 
 
 def _metrics_page(
@@ -384,14 +412,17 @@ def _metrics_page(
     query = columns.where(Metric.job_id == job_id, Metric.step > since_step)
     if keys:
         query = query.where(Metric.key.in_([k.strip() for k in keys.split(",") if k.strip()]))
-    rows = session.execute(query.order_by(Metric.step, Metric.key).limit(limit + 1)).all()
+    # On the connection: plain rows, without the ORM's per-row loading.
+    connection = session.connection()
+    rows = connection.execute(query.order_by(Metric.step, Metric.key).limit(limit + 1)).all()
     next_step = last_step = None
     if len(rows) > limit:
         last_step = rows[limit].step
-        rows = [r for r in rows[:limit] if r.step < last_step]
+        # Rows come in step order: those before last_step are a prefix.
+        rows = rows[: bisect.bisect_left(rows, last_step, hi=limit, key=lambda r: r.step)]
         if not rows:  # one step has more rows than `limit`: the page is that whole step
             whole = query.where(Metric.step == last_step).order_by(Metric.key)
-            rows = session.execute(whole).all()
+            rows = connection.execute(whole).all()
         next_step = rows[-1].step
     data = [
         {"key": key, "step": step, "epoch": epoch, "value": value, "at": at}

@@ -118,13 +118,17 @@ def test_a_training_size_the_cfg_cannot_take_is_422_not_500(
 
 
 def _alices_running_job(
-    settings: Settings, metrics: list[tuple[str, int]], checkpoint_at: int | None = None
+    settings: Settings,
+    metrics: list[tuple[str, int]],
+    checkpoint_at: int | None = None,
+    nan_rollbacks: int = 2,
 ) -> int:
-    """A running job of tenant alice with a metric row per ``(key, step)``, and a checkpoint
-    recorded at ``checkpoint_at``."""
+    """A running job of tenant alice with a metric row per ``(key, step)``, a checkpoint
+    recorded at ``checkpoint_at``, and ``train.nan_rollbacks`` in its spec."""
     with _session(settings) as session:
         tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
-        job = Job(tenant_id=tenant, spec={}, state="running")
+        spec = {"train": {"nan_rollbacks": nan_rollbacks}}
+        job = Job(tenant_id=tenant, spec=spec, state="running")
         session.add(job)
         session.flush()
         session.add_all(Metric(job_id=job.id, key=k, step=s, value=1.0) for k, s in metrics)
@@ -193,6 +197,36 @@ def test_a_running_jobs_pages_before_its_last_checkpoint_are_kept(
     assert tail["next_since_step"] is None and tail["count"] == 42
     add_row(25)
     assert page(16)["count"] == 43  # built afresh: steps after the checkpoint may still change
+
+
+def test_a_running_jobs_full_pages_are_kept_unless_it_may_roll_back(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    # 30 steps of 3 keys, no checkpoint. A 50-row page from the start holds steps 1..16 and
+    # ends because step 17 is stored; the page after it runs to the newest rows.
+    rows = [(k, s) for s in range(1, 31) for k in "abc"]
+    kept_job = _alices_running_job(settings, rows, nan_rollbacks=0)
+    rebuilt_job = _alices_running_job(settings, rows, nan_rollbacks=1)
+
+    def page(job_id: int, since: int = -1) -> dict[str, Any]:
+        url = f"/v1/jobs/{job_id}/metrics?limit=50&since_step={since}"
+        response = client.get(url, headers=auth)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    first = {job_id: page(job_id) for job_id in (kept_job, rebuilt_job)}
+    assert {(p["count"], p["next_since_step"]) for p in first.values()} == {(48, 16)}
+    tails = {job_id: page(job_id, 16)["count"] for job_id in (kept_job, rebuilt_job)}
+    with _session(settings) as session:
+        # What a rollback to step 5 does. A job without train.nan_rollbacks never rolls back
+        # and never changes a stored step; the deletion here shows its pages are kept.
+        session.execute(delete(Metric).where(Metric.step > 5))
+        session.commit()
+    assert page(kept_job) == first[kept_job]
+    assert page(rebuilt_job)["count"] == 15  # steps 1..5: built afresh
+    for job_id in (kept_job, rebuilt_job):  # the newest rows: built afresh in both
+        assert tails[job_id] == 42 and page(job_id, 16)["count"] == 0
 
 
 def test_a_running_jobs_newest_page_is_sent_again_for_a_moment_while_it_runs(
