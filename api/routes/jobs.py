@@ -359,8 +359,12 @@ def _job_metrics_page(
       can still add rows there, so only steps strictly before it count.
     """
     tenant_id, job_id, keys, since_step, limit = key
-    # The job first: one seen finished has stored all its rows, and a checkpoint seen has its
-    # steps stored (a later one only settles more).
+    # Reads only, each a snapshot of its own, outside a transaction (which spares the BEGIN
+    # and ROLLBACK round trips) unless the API key was just looked up in one. The order makes
+    # them agree: the job first, since one seen finished has stored all its rows, and a
+    # checkpoint seen has its steps stored (a later one only settles more).
+    if not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     state, checkpoint, may_roll_back = _job_progress(session, tenant_id, job_id)
     running = state not in TERMINAL_STATES
     # Kept apart from settled pages, and only read while the job runs: once it has finished,
