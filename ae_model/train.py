@@ -146,8 +146,9 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype mixed precision computes in on ``device``, or None for float32.
 
     CUDA: bfloat16 where the GPU has it, else float16 (with a gradient scaler). CPU: bfloat16
-    where the CPU has native bf16 instructions, which halves the time of a yolov3 training step
-    (docs/benchmarks.md); float32 elsewhere, where bfloat16 would be emulated and slower.
+    where the CPU has native bf16 instructions, which nearly halves the time of a yolov3
+    training step (docs/benchmarks.md); float32 elsewhere, where bfloat16 would be emulated
+    and slower.
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
