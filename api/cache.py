@@ -2,9 +2,9 @@
 within a size, some for a while only.
 
 - ``BodyCache``: response bodies, bounded in bytes. A finished job's metric history is final,
-  and so are most of a running job's steps (``api.routes.jobs``); dashboards and comparisons
-  fetch the same pages of them again and again, and each API process builds such a page once
-  (``api.routes.jobs``). With ``AETRAIN_LIVE_PAGE_S`` set, the newest page of a running job is
+  and so are most of a running job's steps (``api.metric_pages``); dashboards and comparisons
+  fetch the same pages of them again and again, and each API process builds such a page once.
+  With ``AETRAIN_LIVE_PAGE_S`` set, the newest page of a running job is
   kept for that moment only.
 - ``api.auth.VerifiedKeys``: API keys verified a moment ago, bounded in count.
 """

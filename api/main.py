@@ -14,6 +14,7 @@ from api.auth import VerifiedKeys
 from api.cache import BodyCache
 from api.db import make_engine, make_session_factory
 from api.deps import POOL_SIZE, STREAM_POLLS
+from api.metric_pages import SettledRowsCache
 from api.migrate import check_up_to_date
 from api.reaper import reap_forever
 from api.routes import comparisons, datasets, health, jobs, models
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_factory = make_session_factory(engine)
         app.state.verified_keys = VerifiedKeys(settings.key_cache_s)
         app.state.metrics_pages = BodyCache(int(settings.metrics_cache_mib * 2**20))
+        # Growing pages' settled rows: a quarter as much again.
+        app.state.settled_rows = SettledRowsCache(int(settings.metrics_cache_mib * 2**18))
         app.state.celery = create_celery(settings)
         app.state.stream_polls = anyio.CapacityLimiter(STREAM_POLLS)
         # What start-up built (modules, the app, the ORM's mappers) lives as long as the

@@ -1,13 +1,11 @@
 """Training jobs: submit, list, inspect, cancel, metrics (paged and streamed), checkpoints."""
 
 import asyncio
-import bisect
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -24,7 +22,6 @@ from ae_model.cfg import (
     parse_cfg,
 )
 from api.budget import parameters_over_budget, training_step_memory
-from api.cache import BodyCache
 from api.db.models import (
     TERMINAL_STATES,
     Checkpoint,
@@ -47,6 +44,7 @@ from api.job_schemas import (
     MetricsPage,
 )
 from api.job_spec import JobCreate, StrideSpec
+from api.metric_pages import job_metrics_page
 from api.schemas import BAD_JSON, MAX_ROW_ID, UNAUTHORIZED
 from api.settings import Settings
 from worker import jobs as job_ops
@@ -324,119 +322,18 @@ async def job_metrics(
     ae_alpha, images_per_s, input_size, gpu_mem_mb on CUDA); evaluations as ``val/AP``,
     ``val/AP50``, ..., ``val/AR*``, ``val/AP_class/<category id>`` and ``val/latency_ms``.
     """
-    # Pages that can no longer change (settled: see _job_metrics_page) are built once per API
+    # Pages that can no longer change (settled: see job_metrics_page) are built once per API
     # process and kept under the tenant; a job stays its tenant's, so such a page needs no
     # lookup of the job either.
-    cache: BodyCache = request.app.state.metrics_pages
+    state = request.app.state
     key = (tenant_id, job_id, keys, since_step, limit)
-    kept = cache.get(key)
+    kept = state.metrics_pages.get(key)
     if kept is None:
-        live_s = request.app.state.settings.live_page_s
-        kept = await run_in_threadpool(_job_metrics_page, session, cache, key, live_s)
+        kept = await run_in_threadpool(
+            job_metrics_page, session, state.metrics_pages, state.settled_rows, key,
+            state.settings.live_page_s,
+        )  # fmt: skip
     return Response(kept, media_type="application/json")
-
-
-def _job_metrics_page(
-    session: Session, cache: BodyCache, key: tuple[int, int, str | None, int, int], live_s: float
-) -> bytes:
-    """The page ``key`` names of the tenant's job (or 404), kept in ``cache`` for good if it
-    is settled, or else for ``live_s`` seconds, sent again only while the job still runs.
-
-    A page is settled when every row it depends on is: up to ``boundary``, the first step it
-    leaves out (None: the page reached the last row, so a new row could join it).
-
-    - A finished job's whole history is settled.
-    - A worker stores a job's rows in step order, a step's rows before the next step's
-      (DatabaseHook flushes its buffer first in, first out, one transaction at a time), and a
-      resumed attempt re-writing a step logs the same keys, so it adds nothing (Metric is
-      unique per job, key and step).
-      So unless the job may roll back, every step before the newest one stored is settled.
-    - A job with ``train.nan_rollbacks`` > 0 may delete the steps after its latest checkpoint
-      and train them again (DatabaseHook.after_rollback). Its steps before that checkpoint
-      are settled: the worker stores them before it writes the checkpoint
-      (DatabaseHook.before_checkpoint), and a rollback goes back to that checkpoint or a
-      later one (workers share the artifact store); an evaluation at the checkpoint's own step
-      can still add rows there, so only steps strictly before it count.
-    """
-    tenant_id, job_id, keys, since_step, limit = key
-    # Reads only, each a snapshot of its own, outside a transaction (which spares the BEGIN
-    # and ROLLBACK round trips) unless the API key was just looked up in one. The order makes
-    # them agree: the job first, since one seen finished has stored all its rows, and a
-    # checkpoint seen has its steps stored (a later one only settles more).
-    if not session.in_transaction():
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    state, checkpoint, may_roll_back = _job_progress(session, tenant_id, job_id)
-    running = state not in TERMINAL_STATES
-    # Kept apart from settled pages, and only read while the job runs: once it has finished,
-    # its pages show every row at once, not one left from a second ago.
-    live_key = (*key, "live")
-    if running and live_s > 0 and (live := cache.get(live_key)) is not None:
-        return live
-    body, boundary = _metrics_page(session, job_id, keys, since_step, limit)
-    # Done with the database: the connection goes back here, not in a second thread hop.
-    session.close()
-    if not running or (boundary is not None and (not may_roll_back or boundary < checkpoint)):
-        cache.put(key, body)
-    elif live_s > 0:
-        cache.put(live_key, body, ttl_s=live_s)
-    return body
-
-
-def _job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, int, bool]:
-    """The tenant's job's state, the iteration of its latest recorded checkpoint (-1 before
-    its first) and whether it may roll back (``train.nan_rollbacks`` > 0), in one query;
-    404 as :func:`get_job`."""
-    latest = (
-        select(func.coalesce(func.max(Checkpoint.iteration), -1))
-        .where(Checkpoint.job_id == Job.id)
-        .scalar_subquery()
-    )
-    rollbacks = func.coalesce(Job.spec["train"]["nan_rollbacks"].as_integer(), 0)
-    row = None
-    if 0 < job_id <= MAX_ROW_ID:
-        query = select(Job.state, latest, rollbacks > 0)
-        row = (
-            session.connection()
-            .execute(query.where(Job.id == job_id, Job.tenant_id == tenant_id))
-            .first()
-        )
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
-    return row[0], row[1], bool(row[2])
-
-
-def _metrics_page(
-    session: Session, job_id: int, keys: str | None, since_step: int, limit: int
-) -> tuple[bytes, int | None]:
-    """The page's body, and the step that decided where it ends (None: at the last row)."""
-    # Columns, not ORM objects, serialised in one pass: pages of 1,000 points are what
-    # dashboards poll, and building and validating 1,000 models per request is most of the
-    # cost (bench/bench_api_load.py). The body is exactly MetricsPage's.
-    columns = select(Metric.key, Metric.step, Metric.epoch, Metric.value, Metric.at)
-    query = columns.where(Metric.job_id == job_id, Metric.step > since_step)
-    if keys:
-        query = query.where(Metric.key.in_([k.strip() for k in keys.split(",") if k.strip()]))
-    # On the connection: plain rows, without the ORM's per-row loading.
-    connection = session.connection()
-    rows = connection.execute(query.order_by(Metric.step, Metric.key).limit(limit + 1)).all()
-    next_step = last_step = None
-    if len(rows) > limit:
-        last_step = rows[limit].step
-        # Rows come in step order: those before last_step are a prefix.
-        rows = rows[: bisect.bisect_left(rows, last_step, hi=limit, key=lambda r: r.step)]
-        if not rows:  # one step has more rows than `limit`: the page is that whole step
-            whole = query.where(Metric.step == last_step).order_by(Metric.key)
-            rows = connection.execute(whole).all()
-        next_step = rows[-1].step
-    data = [
-        {"key": key, "step": step, "epoch": epoch, "value": value, "at": at}
-        for key, step, epoch, value, at in rows
-    ]
-    # orjson writes NaN and infinities as null (JSON has neither), naive datetimes (SQLite's)
-    # as UTC and UTC as "Z" (PostgreSQL sessions run in UTC: api.db.session), so the body is
-    # MetricsPage's; it serialises a page in a tenth of the time json.dumps took.
-    body = {"data": data, "count": len(data), "next_since_step": next_step}
-    return orjson.dumps(body, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z), last_step
 
 
 def _stream_state(

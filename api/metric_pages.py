@@ -1,0 +1,204 @@
+"""Pages of a job's metric history (``GET /v1/jobs/{id}/metrics``), built from the database and
+kept in memory once they can no longer change.
+
+Dashboards and comparisons fetch the same pages again and again, 200 clients a second in
+bench/bench_api_load.py. A page whose rows can no longer change (settled: see
+:func:`job_metrics_page`) is built once per API process and sent again from memory. A page that
+still grows, because it reaches a running job's newest rows, is rebuilt per request; its
+settled first rows are kept (:class:`SettledRows`) so that only the rows after them are read.
+"""
+
+import bisect
+from collections.abc import Hashable, Sequence
+from typing import Any, NamedTuple
+
+import orjson
+from fastapi import HTTPException, status
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.cache import BodyCache, MemoryCache
+from api.db.models import TERMINAL_STATES, Checkpoint, Job, Metric
+from api.schemas import MAX_ROW_ID
+
+PageKey = tuple[int, int, str | None, int, int]
+"""``(tenant_id, job_id, keys, since_step, limit)``: a page, as a tenant asks for it."""
+
+# orjson writes NaN and infinities as null (JSON has neither), naive datetimes (SQLite's) as
+# UTC and UTC as "Z" (PostgreSQL sessions run in UTC: api.db.session), so a body is exactly
+# MetricsPage's; it serialises a page in a tenth of the time json.dumps took.
+JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+
+class SettledRows(NamedTuple):
+    """The first rows of a page that still grows, which can no longer change: serialised as
+    the items of a JSON array, how many, and the step of the last."""
+
+    items: bytes
+    rows: int
+    last_step: int
+
+
+# Growing pages keep their settled rows from this many on: a client following a job asks for
+# the few rows after the last it saw, under a new since_step each time, and reading a few rows
+# costs less than keeping them.
+MIN_SETTLED_ROWS = 64
+# What an entry costs beside its items (key, tuple, bookkeeping), counted against the budget.
+ENTRY_BYTES = 512
+
+
+class SettledRowsCache(MemoryCache[Hashable, SettledRows]):
+    """Settled first rows of growing pages, about ``max_bytes`` in all."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes, lambda rows: len(rows.items) + ENTRY_BYTES)
+
+
+def job_metrics_page(
+    session: Session, pages: BodyCache, growing: SettledRowsCache, key: PageKey, live_s: float
+) -> bytes:
+    """The page ``key`` names of the tenant's job (or 404), kept in ``pages`` for good if it
+    is settled, or else for ``live_s`` seconds, sent again only while the job still runs.
+
+    A page is settled when every row it depends on is: up to ``boundary``, the first step it
+    leaves out (None: the page reached the last row, so a new row could join it).
+
+    - A finished job's whole history is settled.
+    - A worker stores a job's rows in step order, a step's rows before the next step's
+      (DatabaseHook flushes its buffer first in, first out, one transaction at a time), and a
+      resumed attempt re-writing a step logs the same keys, so it adds nothing (Metric is
+      unique per job, key and step). So unless the job may roll back, every step before the
+      newest one stored is settled: a full page is, and so are the first rows of a growing
+      page up to its last step (kept in ``growing``).
+    - A job with ``train.nan_rollbacks`` > 0 may delete the steps after its latest checkpoint
+      and train them again (DatabaseHook.after_rollback). Its steps before that checkpoint
+      are settled: the worker stores them before it writes the checkpoint
+      (DatabaseHook.before_checkpoint), and a rollback goes back to that checkpoint or a
+      later one (workers share the artifact store); an evaluation at the checkpoint's own step
+      can still add rows there, so only steps strictly before it count.
+    """
+    tenant_id, job_id, keys, since_step, limit = key
+    # Reads only, each a snapshot of its own, outside a transaction (which spares the BEGIN
+    # and ROLLBACK round trips) unless the API key was just looked up in one. The order makes
+    # them agree: the job first, since one seen finished has stored all its rows, and a
+    # checkpoint seen has its steps stored (a later one only settles more).
+    if not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    state, checkpoint, may_roll_back = job_progress(session, tenant_id, job_id)
+    running = state not in TERMINAL_STATES
+    # Kept apart from settled pages, and only read while the job runs: once it has finished,
+    # its pages show every row at once, not one left from a second ago.
+    live_key = (*key, "live")
+    if running and live_s > 0 and (live := pages.get(live_key)) is not None:
+        return live
+    growing_key = (*key, "settled rows")
+    settled = growing.get(growing_key) if running and not may_roll_back else None
+    body, boundary, settled_now = build_page(session, job_id, keys, since_step, limit, settled)
+    # Done with the database: the connection goes back here, not in a second thread hop.
+    session.close()
+    if not running or (boundary is not None and (not may_roll_back or boundary < checkpoint)):
+        pages.put(key, body)
+        return body
+    if live_s > 0:
+        pages.put(live_key, body, ttl_s=live_s)
+    if (
+        settled_now is not None
+        and settled_now is not settled
+        and settled_now.rows >= MIN_SETTLED_ROWS
+        and not may_roll_back
+    ):
+        growing.put(growing_key, settled_now)
+    return body
+
+
+def job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, int, bool]:
+    """The tenant's job's state, the iteration of its latest recorded checkpoint (-1 before
+    its first) and whether it may roll back (``train.nan_rollbacks`` > 0), in one query;
+    404 for a job that is not the tenant's (other tenants' jobs are private)."""
+    latest = (
+        select(func.coalesce(func.max(Checkpoint.iteration), -1))
+        .where(Checkpoint.job_id == Job.id)
+        .scalar_subquery()
+    )
+    rollbacks = func.coalesce(Job.spec["train"]["nan_rollbacks"].as_integer(), 0)
+    row = None
+    if 0 < job_id <= MAX_ROW_ID:
+        query = select(Job.state, latest, rollbacks > 0)
+        row = (
+            session.connection()
+            .execute(query.where(Job.id == job_id, Job.tenant_id == tenant_id))
+            .first()
+        )
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return row[0], row[1], bool(row[2])
+
+
+def build_page(
+    session: Session,
+    job_id: int,
+    keys: str | None,
+    since_step: int,
+    limit: int,
+    settled: SettledRows | None = None,
+) -> tuple[bytes, int | None, SettledRows | None]:
+    """The body of the page of ``job_id``'s rows (of ``keys``) after ``since_step``: whole
+    steps, at most ``limit`` rows unless one step has more (then that step alone).
+
+    Also returns the step that decided where the page ends (None: it reached the last row),
+    and, when it reached the last row, its rows before that row's step (a worker adds no row
+    to them; ``settled`` or None when there are none). With ``settled`` (earlier such rows
+    of this page), only the rows after them are read.
+    """
+    start = settled or SettledRows(b"", 0, since_step)
+    # Columns, not ORM objects, on the connection: dashboards poll pages of 1,000 points, and
+    # building 1,000 ORM objects per request was most of the cost (bench/bench_api_load.py).
+    query = select(Metric.key, Metric.step, Metric.epoch, Metric.value, Metric.at).where(
+        Metric.job_id == job_id
+    )
+    if keys:
+        query = query.where(Metric.key.in_([k.strip() for k in keys.split(",") if k.strip()]))
+    connection = session.connection()
+    after = query.where(Metric.step > start.last_step).order_by(Metric.step, Metric.key)
+    room = limit - start.rows  # >= 1: settled rows never fill a page (they end before its last)
+    rows: Sequence[Any] = connection.execute(after.limit(room + 1)).all()
+    if len(rows) > room:
+        boundary = rows[room].step
+        # Rows come in step order: those before the boundary are a prefix.
+        rows = rows[: bisect.bisect_left(rows, boundary, hi=room, key=_step)]
+        if not rows and not start.rows:  # one step has more rows than `limit`: all of it
+            whole = query.where(Metric.step == boundary).order_by(Metric.key)
+            rows = connection.execute(whole).all()
+        next_step = rows[-1].step if rows else start.last_step
+        items = _join(start.items, _items(rows))
+        return _body(items, start.rows + len(rows), next_step), boundary, None
+    newest = bisect.bisect_left(rows, rows[-1].step, key=_step) if rows else 0
+    settled_items = _join(start.items, _items(rows[:newest]))
+    items = _join(settled_items, _items(rows[newest:]))
+    if newest:
+        settled = SettledRows(settled_items, start.rows + newest, rows[newest - 1].step)
+    return _body(items, start.rows + len(rows), None), None, settled
+
+
+def _step(row: Any) -> int:
+    step: int = row.step
+    return step
+
+
+def _items(rows: Sequence[Any]) -> bytes:
+    """Rows as the items of a JSON array (MetricPublic's fields), without the brackets."""
+    data = [
+        {"key": key, "step": step, "epoch": epoch, "value": value, "at": at}
+        for key, step, epoch, value, at in rows
+    ]
+    return orjson.dumps(data, option=JSON_OPTIONS)[1:-1]
+
+
+def _join(first: bytes, second: bytes) -> bytes:
+    return first + b"," + second if first and second else first or second
+
+
+def _body(items: bytes, count: int, next_step: int | None) -> bytes:
+    """MetricsPage's JSON, as orjson would write it, around ``items`` already serialised."""
+    after = b"null" if next_step is None else str(next_step).encode()
+    return b'{"data":[%b],"count":%d,"next_since_step":%b}' % (items, count, after)
