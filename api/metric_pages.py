@@ -75,7 +75,10 @@ def job_metrics_page(
       are settled: the worker stores them before it writes the checkpoint
       (DatabaseHook.before_checkpoint), and a rollback goes back to that checkpoint or a
       later one (workers share the artifact store); an evaluation at the checkpoint's own step
-      can still add rows there, so only steps strictly before it count.
+      can still add rows there, so only steps strictly before it count. Its later full pages
+      hold until the next rollback, which bumps the job's ``metrics_version`` in the
+      transaction that deletes the rows: they are kept under the version they were read at,
+      which no request reads once the rows have changed.
     """
     tenant_id, job_id, keys, since_step, limit = key
     # Reads only, each a snapshot of its own, outside a transaction (which spares the BEGIN
@@ -84,37 +87,46 @@ def job_metrics_page(
     # checkpoint seen has its steps stored (a later one only settles more).
     if not session.in_transaction():
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    state, checkpoint, may_roll_back = job_progress(session, tenant_id, job_id)
+    state, checkpoint, may_roll_back, version = job_progress(session, tenant_id, job_id)
     running = state not in TERMINAL_STATES
     # Kept apart from settled pages, and only read while the job runs: once it has finished,
     # its pages show every row at once, not one left from a second ago.
     live_key = (*key, "live")
     if running and live_s > 0 and (live := pages.get(live_key)) is not None:
         return live
+    versioned_key = (*key, "version", version)
+    if running and may_roll_back and (kept := pages.get(versioned_key)) is not None:
+        return kept
     growing_key = (*key, "settled rows")
-    settled = growing.get(growing_key) if running and not may_roll_back else None
-    body, boundary, settled_now = build_page(session, job_id, keys, since_step, limit, settled)
+    settled = growing.get(growing_key) if running else None
+    # A job that may roll back settles a growing page's rows only before its checkpoint.
+    before = checkpoint if may_roll_back else None
+    body, boundary, settled_now = build_page(
+        session, job_id, keys, since_step, limit, settled, before
+    )
     # Done with the database: the connection goes back here, not in a second thread hop.
     session.close()
     if not running or (boundary is not None and (not may_roll_back or boundary < checkpoint)):
         pages.put(key, body)
-        return body
-    if live_s > 0:
-        pages.put(live_key, body, ttl_s=live_s)
-    if (
-        settled_now is not None
-        and settled_now is not settled
-        and settled_now.rows >= MIN_SETTLED_ROWS
-        and not may_roll_back
-    ):
-        growing.put(growing_key, settled_now)
+    elif boundary is not None:
+        pages.put(versioned_key, body)
+    else:
+        if live_s > 0:
+            pages.put(live_key, body, ttl_s=live_s)
+        if (
+            settled_now is not None
+            and settled_now is not settled
+            and settled_now.rows >= MIN_SETTLED_ROWS
+        ):
+            growing.put(growing_key, settled_now)
     return body
 
 
-def job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, int, bool]:
+def job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, int, bool, int]:
     """The tenant's job's state, the iteration of its latest recorded checkpoint (-1 before
-    its first) and whether it may roll back (``train.nan_rollbacks`` > 0), in one query;
-    404 for a job that is not the tenant's (other tenants' jobs are private)."""
+    its first), whether it may roll back (``train.nan_rollbacks`` > 0) and its
+    ``metrics_version``, in one query; 404 for a job that is not the tenant's (other
+    tenants' jobs are private)."""
     latest = (
         select(func.coalesce(func.max(Checkpoint.iteration), -1))
         .where(Checkpoint.job_id == Job.id)
@@ -123,7 +135,7 @@ def job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, in
     rollbacks = func.coalesce(Job.spec["train"]["nan_rollbacks"].as_integer(), 0)
     row = None
     if 0 < job_id <= MAX_ROW_ID:
-        query = select(Job.state, latest, rollbacks > 0)
+        query = select(Job.state, latest, rollbacks > 0, Job.metrics_version)
         row = (
             session.connection()
             .execute(query.where(Job.id == job_id, Job.tenant_id == tenant_id))
@@ -131,7 +143,7 @@ def job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, in
         )
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
-    return row[0], row[1], bool(row[2])
+    return row[0], row[1], bool(row[2]), row[3]
 
 
 def build_page(
@@ -141,14 +153,16 @@ def build_page(
     since_step: int,
     limit: int,
     settled: SettledRows | None = None,
+    settled_before: int | None = None,
 ) -> tuple[bytes, int | None, SettledRows | None]:
     """The body of the page of ``job_id``'s rows (of ``keys``) after ``since_step``: whole
     steps, at most ``limit`` rows unless one step has more (then that step alone).
 
     Also returns the step that decided where the page ends (None: it reached the last row),
-    and, when it reached the last row, its rows before that row's step (a worker adds no row
-    to them; ``settled`` or None when there are none). With ``settled`` (earlier such rows
-    of this page), only the rows after them are read.
+    and, when it reached the last row, its rows before that row's step and before
+    ``settled_before`` if given (a worker adds no row to them; ``settled`` or None when
+    there are none). With ``settled`` (earlier such rows of this page), only the rows after
+    them are read.
     """
     start = settled or SettledRows(b"", 0, since_step)
     # Columns, not ORM objects, on the connection: dashboards poll pages of 1,000 points, and
@@ -172,11 +186,15 @@ def build_page(
         next_step = rows[-1].step if rows else start.last_step
         items = _join(start.items, _items(rows))
         return _body(items, start.rows + len(rows), next_step), boundary, None
-    newest = bisect.bisect_left(rows, rows[-1].step, key=_step) if rows else 0
-    settled_items = _join(start.items, _items(rows[:newest]))
-    items = _join(settled_items, _items(rows[newest:]))
-    if newest:
-        settled = SettledRows(settled_items, start.rows + newest, rows[newest - 1].step)
+    # The page reached the last row: the rows before its step (and settled_before) are settled.
+    cut = rows[-1].step if rows else start.last_step
+    if settled_before is not None:
+        cut = min(cut, settled_before)
+    now_settled = bisect.bisect_left(rows, cut, key=_step)
+    settled_items = _join(start.items, _items(rows[:now_settled]))
+    items = _join(settled_items, _items(rows[now_settled:]))
+    if now_settled:
+        settled = SettledRows(settled_items, start.rows + now_settled, rows[now_settled - 1].step)
     return _body(items, start.rows + len(rows), None), None, settled
 
 

@@ -108,8 +108,11 @@ def insert_metrics(session: Session, job_id: int, rows: Sequence[MetricRow]) -> 
 
 def delete_metrics_after(session: Session, job_id: int, step: int) -> None:
     """Remove the job's metric rows past ``step`` (a rollback to that step's checkpoint
-    replays them, and ``insert_metrics`` would otherwise keep the diverged values)."""
+    replays them, and ``insert_metrics`` would otherwise keep the diverged values), and bump
+    the job's ``metrics_version`` with them, so the API builds its pages again."""
     session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step > step))
+    version = Job.metrics_version + 1
+    session.execute(update(Job).where(Job.id == job_id).values(metrics_version=version))
 
 
 def _owned(job_id: int, worker: str) -> Any:

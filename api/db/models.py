@@ -140,6 +140,9 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     iteration: Mapped[int] = mapped_column(Integer, default=0)
     max_batches: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Bumped each time stored metric rows are deleted (a rollback, in the same transaction):
+    # the API keeps metric pages under the version they were read at (api.metric_pages).
+    metrics_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     failure_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -41,11 +41,13 @@ def test_a_growing_page_on_its_settled_rows_is_the_page_built_afresh(settings: S
     rng = random.Random(0)
     stored: list[tuple[str, int]] = []
     # Pages as dashboards ask for them: from the start or later, all keys or some, limits
-    # small enough that pages fill up and a step can be larger than a page.
-    pages: list[tuple[str | None, int, int]] = [
-        (None, -1, 50), (None, 10, 50), ("a,c", -1, 50), (None, -1, 7), ("d", 3, 50),
+    # small enough that pages fill up and a step can be larger than a page; the last as of a
+    # job that may roll back, whose rows settle only before its checkpoint.
+    pages: list[tuple[str | None, int, int, bool]] = [
+        (None, -1, 50, False), (None, 10, 50, False), ("a,c", -1, 50, False),
+        (None, -1, 7, False), ("d", 3, 50, False), (None, -1, 200, True),
     ]  # fmt: skip
-    settled: dict[tuple[str | None, int, int], SettledRows | None] = dict.fromkeys(pages)
+    settled: dict[tuple[str | None, int, int, bool], SettledRows | None] = dict.fromkeys(pages)
     step = 0
     used_settled = 0
     for _ in range(60):
@@ -65,11 +67,15 @@ def test_a_growing_page_on_its_settled_rows_is_the_page_built_afresh(settings: S
                                      for k, s in new]
                 )  # fmt: skip
                 session.commit()
-        for keys, since, limit in pages:
+        checkpoint = step // 10 * 10  # one every 10 steps
+        for keys, since, limit, may_roll_back in pages:
+            before = checkpoint if may_roll_back else None
             with sessions() as session:
                 fresh, fresh_boundary, _ = build_page(session, job_id, keys, since, limit)
-                kept = settled[(keys, since, limit)]
-                body, boundary, settled_now = build_page(session, job_id, keys, since, limit, kept)
+                kept = settled[(keys, since, limit, may_roll_back)]
+                body, boundary, settled_now = build_page(
+                    session, job_id, keys, since, limit, kept, before
+                )
             assert body == fresh and boundary == fresh_boundary
             page = MetricsPage.model_validate_json(body)
             expected, next_step = _expected(stored, keys, since, limit)
@@ -78,7 +84,9 @@ def test_a_growing_page_on_its_settled_rows_is_the_page_built_afresh(settings: S
             assert [m.step for m in page.data] == sorted(m.step for m in page.data)
             assert page.next_since_step == next_step and page.count == len(expected)
             if boundary is None:  # what job_metrics_page keeps while the page grows
-                settled[(keys, since, limit)] = settled_now
+                settled[(keys, since, limit, may_roll_back)] = settled_now
+                if before is not None and settled_now is not None:
+                    assert settled_now.last_step < before
                 used_settled += kept is not None
     assert step > 40 and used_settled > 100
 

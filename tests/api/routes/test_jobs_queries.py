@@ -13,6 +13,7 @@ from api.job_schemas import MetricsPage
 from api.main import create_app
 from api.settings import Settings
 from tests.api.conftest import ready_dataset
+from worker import jobs as job_ops
 
 
 def _session(settings: Settings) -> Session:
@@ -199,14 +200,14 @@ def test_a_running_jobs_pages_before_its_last_checkpoint_are_kept(
     assert page(16)["count"] == 43  # built afresh: steps after the checkpoint may still change
 
 
-def test_a_running_jobs_full_pages_are_kept_unless_it_may_roll_back(
+def test_a_running_jobs_full_pages_are_kept_until_it_rolls_back(
     client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
     # 30 steps of 3 keys, no checkpoint. A 50-row page from the start holds steps 1..16 and
     # ends because step 17 is stored; the page after it runs to the newest rows.
     rows = [(k, s) for s in range(1, 31) for k in "abc"]
-    kept_job = _alices_running_job(settings, rows, nan_rollbacks=0)
-    rebuilt_job = _alices_running_job(settings, rows, nan_rollbacks=1)
+    steady = _alices_running_job(settings, rows, nan_rollbacks=0)
+    rolling = _alices_running_job(settings, rows, nan_rollbacks=1)
 
     def page(job_id: int, since: int = -1) -> dict[str, Any]:
         url = f"/v1/jobs/{job_id}/metrics?limit=50&since_step={since}"
@@ -215,18 +216,20 @@ def test_a_running_jobs_full_pages_are_kept_unless_it_may_roll_back(
         body: dict[str, Any] = response.json()
         return body
 
-    first = {job_id: page(job_id) for job_id in (kept_job, rebuilt_job)}
+    first = {job_id: page(job_id) for job_id in (steady, rolling)}
     assert {(p["count"], p["next_since_step"]) for p in first.values()} == {(48, 16)}
-    tails = {job_id: page(job_id, 16)["count"] for job_id in (kept_job, rebuilt_job)}
+    assert {page(job_id, 16)["count"] for job_id in (steady, rolling)} == {42}
     with _session(settings) as session:
-        # What a rollback to step 5 does. A job without train.nan_rollbacks never rolls back
-        # and never changes a stored step; the deletion here shows its pages are kept.
-        session.execute(delete(Metric).where(Metric.step > 5))
+        # No worker deletes rows but through a rollback; deleting them shows what is kept.
+        session.execute(delete(Metric).where(Metric.step.between(2, 3)))
         session.commit()
-    assert page(kept_job) == first[kept_job]
-    assert page(rebuilt_job)["count"] == 15  # steps 1..5: built afresh
-    for job_id in (kept_job, rebuilt_job):  # the newest rows: built afresh in both
-        assert tails[job_id] == 42 and page(job_id, 16)["count"] == 0
+    assert page(steady) == first[steady] and page(rolling) == first[rolling]
+    with _session(settings) as session:
+        job_ops.delete_metrics_after(session, rolling, 5)  # a rollback to step 5
+        session.commit()
+    assert page(steady) == first[steady]  # can never roll back: kept for good
+    assert [m["step"] for m in page(rolling)["data"]] == [1, 1, 1, 4, 4, 4, 5, 5, 5]
+    assert page(rolling, 16)["count"] == 0 and page(steady, 16)["count"] == 42  # built afresh
 
 
 def test_a_running_jobs_newest_page_is_sent_again_for_a_moment_while_it_runs(
