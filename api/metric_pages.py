@@ -1,8 +1,8 @@
 """Pages of a job's metric history (``GET /v1/jobs/{id}/metrics``), built from the database and
 kept in memory once they can no longer change.
 
-Dashboards and comparisons fetch the same pages again and again, 200 clients a second in
-bench/bench_api_load.py. A page whose rows can no longer change (settled: see
+Dashboards and comparisons fetch the same pages again and again (bench/bench_api_load.py: 200
+clients, each once a second). A page whose rows can no longer change (settled: see
 :func:`job_metrics_page`) is built once per API process and sent again from memory. A page that
 still grows, because it reaches a running job's newest rows, is rebuilt per request; its
 settled first rows are kept (:class:`SettledRows`) so that only the rows after them are read.
