@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from api.auth import create_tenant_with_key
 from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Dataset
+from api.db.models import Checkpoint, Dataset, Job, Metric
 from api.main import create_app
 from api.migrate import upgrade
 from api.routes.datasets import UploadLimits, get_upload_limits
@@ -84,5 +84,35 @@ def ready_dataset(settings: Settings, tenant: str, **fields: Any) -> int:
             session.add(row)
             session.commit()
             return row.id
+    finally:
+        engine.dispose()
+
+
+def running_job(
+    settings: Settings,
+    metrics: list[tuple[str, int]],
+    checkpoint_at: int | None = None,
+    nan_rollbacks: int = 2,
+) -> int:
+    """A running job of tenant alice with a metric row per ``(key, step)``, a checkpoint
+    recorded at ``checkpoint_at``, and ``train.nan_rollbacks`` in its spec (no worker runs)."""
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        with make_session_factory(engine)() as session:
+            tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
+            spec = {"train": {"nan_rollbacks": nan_rollbacks}}
+            job = Job(tenant_id=tenant, spec=spec, state="running")
+            session.add(job)
+            session.flush()
+            session.add_all(Metric(job_id=job.id, key=k, step=s, value=1.0) for k, s in metrics)
+            if checkpoint_at is not None:
+                session.add(
+                    Checkpoint(
+                        job_id=job.id, name="last.pt", iteration=checkpoint_at, size=1,
+                        sha256="0", path="x",
+                    )
+                )  # fmt: skip
+            session.commit()
+            return job.id
     finally:
         engine.dispose()

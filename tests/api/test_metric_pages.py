@@ -11,6 +11,7 @@ from api.db.models import Job, Metric
 from api.job_schemas import MetricsPage
 from api.metric_pages import SettledRows, build_page
 from api.settings import Settings
+from tests.api.conftest import running_job
 
 KEYS = ("a", "b", "c", "d")
 
@@ -91,17 +92,6 @@ def test_a_growing_page_on_its_settled_rows_is_the_page_built_afresh(settings: S
     assert step > 40 and used_settled > 100
 
 
-def _running_job(settings: Settings, nan_rollbacks: int) -> int:
-    with make_session_factory(make_engine(settings.resolved_database_url()))() as session:
-        tenant = session.query(Tenant).filter_by(name="alice").one()
-        job = Job(
-            tenant_id=tenant.id, spec={"train": {"nan_rollbacks": nan_rollbacks}}, state="running"
-        )
-        session.add(job)
-        session.commit()
-        return job.id
-
-
 def test_only_pages_of_jobs_that_cannot_roll_back_keep_settled_rows(
     client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
@@ -109,7 +99,7 @@ def test_only_pages_of_jobs_that_cannot_roll_back_keep_settled_rows(
     growing = client.app.state.settled_rows  # type: ignore[attr-defined]
     keys = [f"k{i:02d}" for i in range(20)]  # 20 rows a step: 80 settled after 5 steps
     for nan_rollbacks in (1, 0):
-        job_id = _running_job(settings, nan_rollbacks)
+        job_id = running_job(settings, [], nan_rollbacks=nan_rollbacks)
         for step in range(1, 6):
             with sessions() as session:
                 session.execute(

@@ -8,11 +8,11 @@ from sqlalchemy.orm import Session
 
 from ae_model.cfg import bundled_cfg_path
 from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Checkpoint, Job, Metric
+from api.db.models import Job, Metric
 from api.job_schemas import MetricsPage
 from api.main import create_app
 from api.settings import Settings
-from tests.api.conftest import ready_dataset
+from tests.api.conftest import ready_dataset, running_job
 from worker import jobs as job_ops
 
 
@@ -118,36 +118,10 @@ def test_a_training_size_the_cfg_cannot_take_is_422_not_500(
     assert client.get("/v1/jobs", headers=auth).json()["count"] == 0
 
 
-def _alices_running_job(
-    settings: Settings,
-    metrics: list[tuple[str, int]],
-    checkpoint_at: int | None = None,
-    nan_rollbacks: int = 2,
-) -> int:
-    """A running job of tenant alice with a metric row per ``(key, step)``, a checkpoint
-    recorded at ``checkpoint_at``, and ``train.nan_rollbacks`` in its spec."""
-    with _session(settings) as session:
-        tenant = session.scalars(select(Tenant.id).where(Tenant.name == "alice")).one()
-        spec = {"train": {"nan_rollbacks": nan_rollbacks}}
-        job = Job(tenant_id=tenant, spec=spec, state="running")
-        session.add(job)
-        session.flush()
-        session.add_all(Metric(job_id=job.id, key=k, step=s, value=1.0) for k, s in metrics)
-        if checkpoint_at is not None:
-            session.add(
-                Checkpoint(
-                    job_id=job.id, name="last.pt", iteration=checkpoint_at, size=1, sha256="0",
-                    path="x",
-                )
-            )  # fmt: skip
-        session.commit()
-        return job.id
-
-
 def test_a_finished_jobs_pages_are_kept_and_a_running_jobs_are_not(
     client: TestClient, auth: dict[str, str], other_auth: dict[str, str], settings: Settings
 ) -> None:
-    job_id = _alices_running_job(settings, [("loss", s) for s in (1, 2, 3)])
+    job_id = running_job(settings, [("loss", s) for s in (1, 2, 3)])
     url = f"/v1/jobs/{job_id}/metrics?limit=50"
 
     def steps() -> list[int]:
@@ -176,7 +150,7 @@ def test_a_running_jobs_pages_before_its_last_checkpoint_are_kept(
     # 30 steps of 3 keys; checkpoint at step 20. A 50-row page from the start holds steps 1..16
     # and ends because of step 17: settled. The page after it runs to the newest rows: not.
     rows = [(k, s) for s in range(1, 31) for k in "abc"]
-    job_id = _alices_running_job(settings, rows, checkpoint_at=20)
+    job_id = running_job(settings, rows, checkpoint_at=20)
 
     def page(since: int) -> dict[str, Any]:
         url = f"/v1/jobs/{job_id}/metrics?limit=50&since_step={since}"
@@ -206,8 +180,8 @@ def test_a_running_jobs_full_pages_are_kept_until_it_rolls_back(
     # 30 steps of 3 keys, no checkpoint. A 50-row page from the start holds steps 1..16 and
     # ends because step 17 is stored; the page after it runs to the newest rows.
     rows = [(k, s) for s in range(1, 31) for k in "abc"]
-    steady = _alices_running_job(settings, rows, nan_rollbacks=0)
-    rolling = _alices_running_job(settings, rows, nan_rollbacks=1)
+    steady = running_job(settings, rows, nan_rollbacks=0)
+    rolling = running_job(settings, rows, nan_rollbacks=1)
 
     def page(job_id: int, since: int = -1) -> dict[str, Any]:
         url = f"/v1/jobs/{job_id}/metrics?limit=50&since_step={since}"
@@ -235,7 +209,7 @@ def test_a_running_jobs_full_pages_are_kept_until_it_rolls_back(
 def test_a_running_jobs_newest_page_is_sent_again_for_a_moment_while_it_runs(
     settings: Settings, auth: dict[str, str]
 ) -> None:
-    job_id = _alices_running_job(settings, [("loss", s) for s in (1, 2, 3)])
+    job_id = running_job(settings, [("loss", s) for s in (1, 2, 3)])
     url = f"/v1/jobs/{job_id}/metrics?limit=50"
     # A long moment, so the test does not race the clock.
     with TestClient(create_app(settings.model_copy(update={"live_page_s": 60.0}))) as client:
@@ -257,7 +231,7 @@ def test_a_running_jobs_newest_page_is_sent_again_for_a_moment_while_it_runs(
 def test_a_non_finite_metric_is_null_in_a_page(
     client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
-    job_id = _alices_running_job(settings, [])
+    job_id = running_job(settings, [])
     with _session(settings) as session:
         # Workers leave non-finite values out (SQLite cannot store NaN); any that got in
         # still make valid JSON.
