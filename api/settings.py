@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     # Per API process: seconds a key found valid is trusted without a database lookup, so a
     # key revoked in the database stops working within this time (0: every request looks).
     key_cache_s: float = Field(default=5.0, ge=0)
-    # Per API process: metric pages that can no longer change (api.routes.jobs, settled
-    # pages) kept ready to send (0: none kept).
+    # Per API process: metric pages that can no longer change (settled: api.metric_pages)
+    # kept ready to send, and a quarter as much for growing pages' settled rows (0: none).
     metrics_cache_mib: float = Field(default=64.0, ge=0)
     # Per API process: seconds a metric page that can still change (a running job's newest
     # rows) is sent again before it is rebuilt, so many clients polling one job cost one build
