@@ -35,7 +35,7 @@ class ProgressBar(Hook):
         self.bar.set_postfix(
             loss=f"{metrics['loss']:.3f}", alpha=f"{metrics['ae_alpha']:.2f}",
             lr=f"{metrics['lr']:.2g}", img_s=f"{metrics['images_per_s']:.0f}",
-            size=int(metrics["input_size"]), refresh=False,
+            data=f"{metrics['data_wait']:.0%}", size=int(metrics["input_size"]), refresh=False,
         )  # fmt: skip
         self.bar.update(1)
 

@@ -527,8 +527,11 @@ class Trainer:
         world = self.config.world_size
         mine = r["subdivisions"] // world  # micro-batches of this process
         network = self.ddp or self.model
+        waited = 0.0  # in the loader: the device idles unless the loader keeps ahead
         for j in range(mine):
+            fetch = time.perf_counter()
             images, targets = next(batches)
+            waited += time.perf_counter() - fetch
             images = images.to(self.device, non_blocking=True)
             if self.config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -579,6 +582,7 @@ class Trainer:
             "lr": lr,
             "ae_alpha": max(alphas) if alphas else 0.0,
             "images_per_s": images_seen / elapsed,
+            "data_wait": waited / elapsed,
             "input_size": float(images.shape[3]),
         }
         if self.device.type == "cuda":

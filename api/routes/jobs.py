@@ -319,7 +319,7 @@ async def job_metrics(
     """Metrics with ``step > since_step``, ordered by step; a page never splits a step.
 
     Training metrics are logged per iteration (loss, loss_box, loss_obj, loss_cls, lr,
-    ae_alpha, images_per_s, input_size, gpu_mem_mb on CUDA); evaluations as ``val/AP``,
+    ae_alpha, images_per_s, data_wait, input_size, gpu_mem_mb on CUDA); evaluations as ``val/AP``,
     ``val/AP50``, ..., ``val/AR*``, ``val/AP_class/<category id>`` and ``val/latency_ms``.
     """
     # Pages that can no longer change (settled: see job_metrics_page) are built once per API

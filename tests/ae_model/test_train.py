@@ -96,6 +96,16 @@ def test_same_seed_gives_identical_losses(shapes: Path, tmp_path: Path) -> None:
     assert [m["loss"] for m in other.history] != runs[0]
 
 
+def test_data_wait_is_the_share_of_the_step_spent_in_the_loader(
+    shapes: Path, tmp_path: Path
+) -> None:
+    trainer = Trainer(_config(shapes, tmp_path, max_batches=3, workers=0))
+    trainer.train()
+    waits = [m["data_wait"] for m in trainer.history]
+    # workers=0: every batch is read and augmented in the step itself.
+    assert all(0 < w < 1 for w in waits), waits
+
+
 def test_resume_continues_exactly(shapes: Path, tmp_path: Path) -> None:
     overrides = dict(multiscale=True, ae=AEConfig(layers={"stride": 16}))
     straight = Trainer(_config(shapes, tmp_path / "straight", **overrides))
