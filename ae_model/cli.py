@@ -173,6 +173,9 @@ def train(
     amp: Annotated[
         bool, typer.Option(help="Mixed precision where the device is fast at it (bf16 CPUs too).")
     ] = True,
+    compile: Annotated[
+        bool, typer.Option(help="Train through torch.compile (the first steps compile).")
+    ] = False,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 2,
     world_size: Annotated[
         int, typer.Option(min=1, help="Data-parallel processes (one per GPU on CUDA).")
@@ -188,7 +191,7 @@ def train(
         cfg=cfg, data=str(data), out=str(out), seed=seed, max_batches=max_batches, epochs=epochs,
         batch=batch, subdivisions=subdivisions, learning_rate=learning_rate, burn_in=burn_in,
         width=width, height=height, multiscale=multiscale, device=device, amp=amp,
-        workers=workers,
+        compile=compile, workers=workers,
         eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
         nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor, world_size=world_size,
         ae=_ae_config(ae_layers, ae_stride, ae_schedule, ae_iterations, ae_alpha_max, ae_mode,

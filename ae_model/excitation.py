@@ -116,7 +116,7 @@ def _covered_cells(lo: Tensor, hi: Tensor, cells: int) -> Tensor:
 
 
 def excite(
-    a: Tensor, mask: Tensor, alpha: float, mode: str = "excite", detach: bool = True
+    a: Tensor, mask: Tensor, alpha: float | Tensor, mode: str = "excite", detach: bool = True
 ) -> Tensor:
     """Apply Assisted Excitation to an activation: ``a' = a + e``, ``e`` the excitation term.
 
@@ -127,7 +127,7 @@ def excite(
     Args:
         a: ``(B, C, H, W)`` activation.
         mask: ``(B, H, W)`` ground-truth mask ``g`` from :func:`gt_mask`.
-        alpha: excitation strength.
+        alpha: excitation strength (a number, or a 0-d tensor on ``a``'s device).
         mode: one of :data:`MODES`.
         detach: if true, ``e`` is a constant for autograd (darknet's behaviour), so the gradient
             of ``a'`` with respect to ``a`` is the identity in every mode; if false the gradient
@@ -316,6 +316,8 @@ class AssistedExcitation(nn.Module):
         self.max_batches = max_batches
         self.layer_index = layer_index
         self.last_alpha = 0.0
+        self.prepared = False
+        self.step_input: tuple[Tensor, Tensor] | None = None
 
     def alpha(self, iteration: int) -> float:
         """This module's alpha at optimizer iteration ``iteration``."""
@@ -328,10 +330,55 @@ class AssistedExcitation(nn.Module):
             max_batches=self.max_batches,
         )
 
+    def prepare(self, height: int, width: int, device: torch.device) -> None:
+        """Work out this step's alpha and mask now, for a forward pass that is compiled.
+
+        The schedule at this iteration and the mask of this batch's boxes (on the layer's
+        ``height x width`` grid) are computed here, outside the network; until
+        :meth:`unprepare`, ``forward`` only adds their excitation term. A compiled network then
+        neither breaks its graph at AE nor recompiles as alpha and the boxes change; it
+        recompiles once, when alpha reaches 0. Call after ``context.set`` for every batch.
+        """
+        ctx = self.context
+        self.prepared = True
+        self.step_input = None
+        self.last_alpha = 0.0
+        if ctx.boxes is None or ctx.batch_index is None:
+            return
+        alpha = self.alpha(ctx.iteration)
+        self.last_alpha = alpha
+        if alpha == 0:
+            return
+        mask = gt_mask(
+            ctx.boxes.to(device, non_blocking=True),
+            ctx.batch_index.to(device, non_blocking=True),
+            ctx.batch_size,
+            height,
+            width,
+        )
+        # A device tensor, not a float: a changing Python number would recompile the graph.
+        self.step_input = (mask, torch.full((), alpha, device=device))
+
+    def unprepare(self) -> None:
+        """Back to computing alpha and the mask in ``forward`` from the context."""
+        self.prepared = False
+        self.step_input = None
+
     def forward(self, a: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``: excite ``a`` inside the context's boxes."""
         if not self.training:
             return a
+        if self.prepared:
+            if self.step_input is None:
+                return a
+            mask, alpha = self.step_input
+            return excite(a, mask, alpha, self.mode, self.detach)
+        return self._excite_from_context(a)
+
+    # Kept out of a compiled graph: its Python numbers change every step and would recompile
+    # it; a compiled network that did not call prepare() breaks its graph here instead.
+    @torch.compiler.disable
+    def _excite_from_context(self, a: Tensor) -> Tensor:
         ctx = self.context
         if ctx.boxes is None or ctx.batch_index is None:
             self.last_alpha = 0.0

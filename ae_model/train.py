@@ -13,7 +13,7 @@ import math
 import random
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,10 @@ class TrainConfig:
     amp: bool = True
     """Mixed precision where the device computes it fast (:func:`autocast_dtype`)."""
     channels_last: bool = True
+    compile: bool = False
+    """Train through ``torch.compile`` (the network's forward and backward; the loss, AE
+    layers and evaluation stay eager). The first step and each new input size take longer
+    while it compiles."""
     workers: int = 0
     eval_interval: int = 0
     checkpoint_interval: int = 100
@@ -155,6 +159,26 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+# Graphs one compiled network may hold: one per input size (darknet's multi-scale training
+# draws from up to 10) and AE state (on, then off once alpha reaches 0), with room to spare.
+COMPILED_GRAPHS = 64
+
+
+def compile_network(network: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """``torch.compile`` for training ``network`` (a Darknet, or DDP around one).
+
+    Shapes are static: each input size gets its own graph, compiled when first seen, because
+    inductor's convolution backward specialises on the spatial size anyway and a dynamic graph
+    then recompiles per size all the same. Dynamo's recompile limit (8 by default, after which
+    it falls back to eager) is raised to :data:`COMPILED_GRAPHS` for that. Around DDP, its
+    DDPOptimizer splits the graph at the gradient buckets.
+    """
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), COMPILED_GRAPHS))
+    return torch.compile(network, dynamic=False)
 
 
 class Hook:
@@ -243,6 +267,8 @@ class Trainer:
         self.address = address
         self.resumed_from = Path(resume) if resume is not None else None
         self.ddp: DistributedDataParallel | None = None
+        self.network: Callable[[torch.Tensor], Any] | None = None  # torch.compile's, if asked
+        self._grids: dict[tuple[int, int], dict[str, tuple[int, int]]] = {}  # AE layers' w, h
         self.device = _select_device(config.device, rank, config.world_size)
         self.out = Path(config.out)
         self.stop_requested = False
@@ -456,6 +482,8 @@ class Trainer:
 
     def _train(self) -> dict[str, float]:
         r = self.config.resolved
+        if self.config.compile and self.network is None:
+            self.network = compile_network(self.ddp or self.model)
         for hook in self.hooks:
             hook.before_train(self)
         final: dict[str, float] = {}
@@ -526,7 +554,7 @@ class Trainer:
         images_seen = 0
         world = self.config.world_size
         mine = r["subdivisions"] // world  # micro-batches of this process
-        network = self.ddp or self.model
+        network = self.network if self.network is not None else (self.ddp or self.model)
         waited = 0.0  # in the loader: the device idles unless the loader keeps ahead
         for j in range(mine):
             fetch = time.perf_counter()
@@ -537,6 +565,8 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(self.device, non_blocking=True)
             self.context.set(targets, images.shape[0], self.iteration)
+            if self.network is not None:
+                self._prepare_excitation(images.shape[3], images.shape[2])
             with self._gradient_sync(last=j == mine - 1):
                 with torch.autocast(
                     self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -554,6 +584,9 @@ class Trainer:
             totals += torch.stack([out.loss.detach(), out.box, out.obj, out.cls])
             images_seen += images.shape[0]
         self.context.clear()
+        for module in self.model.excitations.values():
+            if isinstance(module, AssistedExcitation):
+                module.unprepare()
         if self.ddp is not None:
             torch.distributed.all_reduce(totals)  # every rank sees the step's loss, NaN included
             images_seen *= world
@@ -588,6 +621,18 @@ class Trainer:
         if self.device.type == "cuda":
             metrics["gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return metrics
+
+    def _prepare_excitation(self, width: int, height: int) -> None:
+        """Each AE layer's alpha and mask for this micro-batch, outside the compiled graph."""
+        if (width, height) not in self._grids:
+            rows = self.model.layer_table(width, height)
+            self._grids[width, height] = {
+                key: rows[int(key)].output[:2] for key in self.model.excitations
+            }
+        for key, (w, h) in self._grids[width, height].items():
+            module = self.model.excitations[key]
+            if isinstance(module, AssistedExcitation):
+                module.prepare(h, w, self.device)
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
         """DDP averages gradients once per step, in the backward of the last micro-batch."""

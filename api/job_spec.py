@@ -80,6 +80,12 @@ class TrainSpec(StrictModel):
         "float16) on CUDA, bfloat16 on CPUs with native bf16 instructions, float32 elsewhere. "
         "resolved.amp_dtype says what the job used (null: float32).",
     )
+    compile: bool = Field(
+        default=False,
+        description="Train through torch.compile: faster steps where the compiler helps "
+        "(docs/benchmarks.md), after a first step and a step at each new input size that "
+        "take longer while it compiles.",
+    )
     world_size: Annotated[
         int,
         Field(ge=1, le=16,

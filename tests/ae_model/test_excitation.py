@@ -324,6 +324,30 @@ def test_module_excites_in_training_at_each_resolution() -> None:
     assert ae.last_alpha == alpha
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_prepared_step_excites_as_the_context_does(mode: str) -> None:
+    # prepare() is what a compiled network uses: the same output, alpha a 0-d tensor.
+    context = make_context(iteration=250)
+    ae = AssistedExcitation(context, "cosine", 1000, alpha_max=0.8, mode=mode)
+    a = torch.randn(2, 3, 6, 10, dtype=torch.bfloat16)
+    expected = ae(a)
+    ae.prepare(6, 10, a.device)
+    assert ae.step_input is not None and ae.step_input[1].ndim == 0
+    context.clear()  # a prepared module no longer reads the context
+    torch.testing.assert_close(ae(a), expected, rtol=0, atol=0)
+    assert ae.last_alpha == alpha_at("cosine", 250, 1000, alpha_max=0.8)
+    ae.unprepare()
+    assert ae(a) is a  # back to the (now empty) context
+
+
+def test_prepared_step_is_free_when_alpha_is_zero() -> None:
+    context = make_context(iteration=100)
+    ae = AssistedExcitation(context, "linear", 100)
+    ae.prepare(4, 4, torch.device("cpu"))
+    a = torch.randn(2, 3, 4, 4)
+    assert ae.step_input is None and ae(a) is a and ae.last_alpha == 0.0
+
+
 def test_module_follows_the_activation_dtype() -> None:
     ae = AssistedExcitation(make_context(), "constant", 1)
     a = torch.randn(2, 3, 4, 4, dtype=torch.bfloat16)

@@ -96,6 +96,25 @@ def test_same_seed_gives_identical_losses(shapes: Path, tmp_path: Path) -> None:
     assert [m["loss"] for m in other.history] != runs[0]
 
 
+def test_compiled_training_matches_eager_with_ae(shapes: Path, tmp_path: Path) -> None:
+    # AE stays eager (torch.compiler.disable) inside the compiled network: it must still act,
+    # every step, with that step's boxes and alpha.
+    overrides = dict(max_batches=4, amp=False, ae=AEConfig(layers={"stride": 16}))
+    runs = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        trainer = Trainer(_config(shapes, tmp_path / name, compile=compiled, **overrides))
+        trainer.train()
+        runs[name] = [m["loss"] for m in trainer.history]
+        assert (trainer.network is not None) == compiled
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-4)
+    without_ae = Trainer(_config(shapes, tmp_path / "no-ae", max_batches=4, amp=False))
+    without_ae.train()
+    assert [m["loss"] for m in without_ae.history] != pytest.approx(runs["eager"], rel=1e-4)
+    # The checkpoint holds the network's own keys, not those of torch.compile's wrapper.
+    saved = torch.load(tmp_path / "compiled" / "last.pt", weights_only=False)
+    assert not any(k.startswith("_orig_mod") for k in saved["model"])
+
+
 def test_data_wait_is_the_share_of_the_step_spent_in_the_loader(
     shapes: Path, tmp_path: Path
 ) -> None:

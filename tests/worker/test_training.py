@@ -1,0 +1,21 @@
+"""The worker's translation of a job spec into the trainer's configuration."""
+
+from pathlib import Path
+
+from api.job_spec import JobCreate
+from worker.training import train_config
+
+
+def test_every_train_field_of_the_spec_reaches_the_trainer(tmp_path: Path) -> None:
+    train = {
+        "max_batches": 7, "batch": 8, "subdivisions": 4, "amp": False, "compile": True,
+        "world_size": 2, "workers": 0, "nan_rollbacks": 1, "nan_lr_factor": 0.5,
+    }  # fmt: skip
+    spec = JobCreate.model_validate({"model": "yolov3-tiny", "dataset_id": 1, "train": train})
+    config = train_config(spec, "yolov3-tiny", "data", tmp_path)
+    assert {name: getattr(config, name) for name in train} == train
+    # Omitted: compile off, amp on, and the service's 2 loader processes (docs/api.md).
+    default = train_config(
+        JobCreate.model_validate({"model": "yolov3-tiny", "dataset_id": 1}), "c", "d", tmp_path
+    )
+    assert default.compile is False and default.amp is True and default.workers == 2
