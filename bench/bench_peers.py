@@ -50,7 +50,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ae_model.data import build_loader
 from ae_model.datasets import generate_dataset
-from ae_model.train import TrainConfig, Trainer
+from ae_model.train import TrainConfig, Trainer, compile_network
 
 # Per cfg: (batch, timed iterations) small enough for a few minutes on 2 CPU cores.
 DEFAULTS: dict[str, tuple[int, int]] = {"yolov3-tiny": (8, 15), "yolov3": (2, 5)}
@@ -103,6 +103,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--float32", action="store_true",
                         help="add a system: aetrain without mixed precision "
                              "(TrainConfig.amp=False), to see what it gains")  # fmt: skip
+    parser.add_argument("--compiled", action="store_true",
+                        help="add a system: aetrain through torch.compile "
+                             "(TrainConfig.compile), to see what it gains")  # fmt: skip
     parser.add_argument("--profile", type=int, default=0,
                         help="then profile this many aetrain steps per cfg (0: none)")  # fmt: skip
     parser.add_argument("--profile-rows", type=int, default=15, help="operators listed")
@@ -137,6 +140,8 @@ class PhaseTimer:
         optimizer.register_step_pre_hook(lambda *_: self.mark("optimizer_start"))
         optimizer.register_step_post_hook(lambda *_: self.mark("optimizer_end"))
 
+    # Run as is, outside the graph, when the hooks fire around a compiled network's forward.
+    @torch.compiler.disable
     def mark(self, name: str) -> None:
         self.marks[name] = time.perf_counter()
 
@@ -462,6 +467,11 @@ def bench_cfg(cfg: str, args: argparse.Namespace, tmp: Path) -> None:
         torch.manual_seed(args.seed)
         variant, _, _ = build_aetrain(cfg, data, tmp / "run", args, batch, amp=False)
         systems.append(aetrain_system(variant, images, targets, "aetrain, float32"))
+    if args.compiled:
+        torch.manual_seed(args.seed)
+        variant, _, _ = build_aetrain(cfg, data, tmp / "run", args, batch)
+        variant.network = compile_network(variant.model)  # what Trainer.train() does
+        systems.append(aetrain_system(variant, images, targets, "aetrain, compiled"))
     print(f"precision: aetrain {r['amp_dtype'] or 'float32'} (TrainConfig.amp, autocast), "
           "peers float32")  # fmt: skip
     # The Trainer's cfg (retargeted to the data's classes) is what every darknet peer parses.

@@ -4,8 +4,9 @@ Generates a ``digits`` dataset at the benchmark size (or reuses ``--data``), tra
 yolov3-tiny cfg (its 80-class heads retargeted to the 10 digits by the Trainer) until
 ``--budget-s`` seconds of training wall time are spent (a hook requests the stop after the step
 that crosses the budget), then evaluates once on the val split. Prints images/s (median of the
-per-step figure after a warm-up, and overall over the budget), iterations done, the COCO AP50
-and AP, and the evaluation latency per image. The cfg gets ``flip=0`` unless ``--flip``:
+per-step figure after a warm-up, and overall over the budget), iterations done, the share of
+step time spent waiting for the data loader, on CUDA how busy NVML saw the GPU, then the COCO
+AP50 and AP, and the evaluation latency per image. The cfg gets ``flip=0`` unless ``--flip``:
 mirrored digits are other glyphs or none.
 
     python bench/bench_train.py --budget-s 180
@@ -24,6 +25,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -74,6 +76,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="mixed precision where the device is fast at it "
                              "(TrainConfig.amp)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile (TrainConfig.compile)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--out", type=Path, default=None,
                         help="checkpoint folder (default: a temporary folder)")  # fmt: skip
@@ -116,6 +120,44 @@ class WallTimeBudget(Hook):
                     module.T = self.ae_T
         if self.elapsed >= self.budget_s or trainer.iteration == self.max_iterations:
             trainer.stop_requested = True
+
+
+class GpuBusy(Hook):
+    """Samples NVML's GPU utilisation (the share of time a kernel was running) from a thread,
+    from the step after the warm-up to the end of training."""
+
+    def __init__(self, warmup: int, every_s: float = 0.25) -> None:
+        self.warmup = warmup
+        self.every_s = every_s
+        self.samples: list[float] = []
+        self.error: str | None = None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def after_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if trainer.device.type != "cuda" or self.thread is not None:
+            return
+        if len(trainer.history) >= self.warmup:
+            self.thread = threading.Thread(target=self.sample, args=(trainer.device,), daemon=True)
+            self.thread.start()
+
+    def sample(self, device: torch.device) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                self.samples.append(float(torch.cuda.utilization(device)))
+            except Exception as error:  # no NVML bindings (nvidia-ml-py) or no NVML driver
+                self.error = f"{type(error).__name__}: {error}"
+                return
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def figure(self) -> str:
+        if self.samples:
+            return f"{statistics.mean(self.samples):.1f} ({len(self.samples)} samples)"
+        return f"n/a ({self.error or 'not a CUDA run, or no step after the warm-up'})"
 
 
 class Progress(Hook):
@@ -215,14 +257,15 @@ def run(args: argparse.Namespace, data: Path, out: Path) -> int:
         max_batches=NO_ITERATION_LIMIT, batch=args.batch, subdivisions=args.subdivisions,
         learning_rate=args.lr, burn_in=args.burn_in, width=args.size, height=args.size,
         multiscale=args.multiscale, ae=ae, device=args.device, amp=args.amp,
-        workers=args.workers, checkpoint_interval=0,
+        workers=args.workers, checkpoint_interval=0, compile=args.compile,
     )  # fmt: skip
     start = time.perf_counter()
     budget = WallTimeBudget(
         args.budget_s, args.warmup, fit_ae=ae is not None and not ae.iterations,
         max_iterations=args.max_iterations,
     )  # fmt: skip
-    trainer = Trainer(config, hooks=[budget, Progress()])
+    gpu = GpuBusy(args.warmup)
+    trainer = Trainer(config, hooks=[budget, gpu, Progress()])
     setup_s = time.perf_counter() - start
     r = config.resolved
     print(machine_line(trainer))
@@ -232,7 +275,8 @@ def run(args: argparse.Namespace, data: Path, out: Path) -> int:
         f"{' (multi-scale, random=' + str(r['random']) + ')' if r['random'] else ''}, "
         f"classes {retargeted} -> {len(r['classes'])}, batch {r['batch']} / subdivisions "
         f"{r['subdivisions']}, lr {r['learning_rate']:g} (burn-in {r['burn_in']}, policy "
-        f"{r['policy']}), workers {args.workers}, precision {r['amp_dtype'] or 'float32'}, AE "
+        f"{r['policy']}), workers {args.workers}, precision {r['amp_dtype'] or 'float32'}"
+        f"{', torch.compile' if args.compile else ''}, AE "
         + (f"on layer(s) {trainer.ae_layers} (stride {args.ae_stride})" if ae else "off")
     )
     aug = r["augment"]
@@ -258,6 +302,8 @@ def run(args: argparse.Namespace, data: Path, out: Path) -> int:
     images_done = r["batch"] * len(history)
     # A step's own timer (data loading included) gives images_per_s; its time follows from it.
     step_ms = [1000 * r["batch"] / m["images_per_s"] for m in history]
+    timed = step_ms[args.warmup :] or step_ms
+    waited = [m["data_wait"] * ms for m, ms in zip(steps_after_warmup, timed, strict=True)]
     rows = [
         ("iterations in budget", f"{trainer.iteration}"),
         ("training wall time (s)", f"{budget.elapsed:.1f}"),
@@ -272,7 +318,13 @@ def run(args: argparse.Namespace, data: Path, out: Path) -> int:
             f"{statistics.median(step_ms):.0f} / {statistics.mean(step_ms):.0f} / "
             f"{max(step_ms):.0f}",
         ),
+        ("first step (ms; starts the loader, compiles)", f"{step_ms[0]:.0f}"),
         ("wall time outside steps (s)", f"{budget.elapsed - sum(step_ms) / 1000:.1f}"),
+        (
+            f"waiting for data (% of step time, steps {args.warmup + 1}..{len(history)})",
+            f"{100 * sum(waited) / sum(timed):.1f}",
+        ),
+        ("GPU busy (% of time, NVML, after the warm-up)", gpu.figure()),
         ("loss, median of the first 10 steps", f"{median_loss(history[:10]):.3f}"),
         ("loss, median of the last 10 steps", f"{median_loss(history[-10:]):.3f}"),
     ]
