@@ -109,9 +109,9 @@ class TrainConfig:
     """Mixed precision where the device computes it fast (:func:`autocast_dtype`)."""
     channels_last: bool = True
     compile: bool = False
-    """Train through ``torch.compile`` (the network's forward and backward; the loss, AE
-    layers and evaluation stay eager). The first step and each new input size take longer
-    while it compiles."""
+    """Train through ``torch.compile`` (the network's forward and backward, AE's excitation
+    term included; the loss, AE's per-step alpha and mask, and evaluation stay eager). The
+    first step and each new input size take longer while it compiles."""
     workers: int = 0
     eval_interval: int = 0
     checkpoint_interval: int = 100

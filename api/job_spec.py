@@ -82,9 +82,9 @@ class TrainSpec(StrictModel):
     )
     compile: bool = Field(
         default=False,
-        description="Train through torch.compile: faster steps where the compiler helps "
-        "(docs/benchmarks.md), after a first step and a step at each new input size that "
-        "take longer while it compiles.",
+        description="Train through torch.compile. Meant for GPUs: on CPU it measured slower "
+        "than eager (docs/benchmarks.md). The first step, and the first at each new input "
+        "size, take longer while it compiles.",
     )
     world_size: Annotated[
         int,

@@ -1,6 +1,7 @@
 """Data-parallel training (DDP over gloo, two real processes on CPU) computes the steps one
 process computes: same micro-batches, same gradients, same weights."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,11 +67,23 @@ def test_two_processes_train_the_steps_one_process_trains(tmp_path: Path) -> Non
     assert not list((tmp_path / "two").glob(".rendezvous-*"))
 
 
+@pytest.fixture
+def one_thread_everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One CPU thread here and in the peer processes (which read OMP_NUM_THREADS at start)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread_everywhere")
 def test_compiled_processes_train_the_steps_one_compiled_process_trains(tmp_path: Path) -> None:
     # torch.compile around DDP (its DDPOptimizer splits the graph at gradient buckets), AE in
     # the graph, two micro-batches per process per iteration. Against one compiled process:
     # compiled and eager float32 round differently, and without burn-in that grows to 3e-4
-    # by the second step (tests/ae_model/test_train.py compares compiled with eager).
+    # by the second step (tests/ae_model/test_train.py compares compiled with eager). Inductor's
+    # CPU kernels also round by thread count, hence one thread in every process.
     data = tmp_path / "shapes"
     generate_dataset("shapes", data, train=16, val=4, size=96, seed=2, min_scale=0.1)
     overrides: dict[str, object] = dict(amp=False, max_batches=3, subdivisions=4, compile=True)
