@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 10, sized for a short lease of one GPU (an H100/H200) in two calls of
-# at most about 7 minutes each: part 1 the CUDA tests and bench_train on yolov3-tiny (eager and
-# compiled); part 2 bench_train on yolov3, bench_ae_overhead and bench_peers. Every output goes
-# to stdout and, when $OUT is set, to $OUT/gpu_check-PART.log.
+# at most about 7 minutes each: part 1 the CUDA tests, bench_train on yolov3-tiny (eager and
+# compiled) and bench_data; part 2 bench_train on yolov3, bench_ae_overhead and bench_peers.
+# Every output goes to stdout and, when $OUT is set, to $OUT/gpu_check-PART.log.
 #
 #   bash bench/gpu_check.sh 1; bash bench/gpu_check.sh 2   # on the GPU machine, from the repo root
 #   DEVICE=cpu BUDGET_S=5 SIZE=128 ITERATIONS=2 bash bench/gpu_check.sh all  # a smoke run
@@ -57,6 +57,9 @@ if [ "$PART" = 1 ] || [ "$PART" = all ]; then
         "tests/ae_model/test_train.py::test_resume_continues_exactly"
     train yolov3-tiny 64
     train yolov3-tiny 64 --compile
+    # What the loader can feed with this machine's cores, against what the GPU consumes.
+    step "bench_data" 150 "$PYTHON" bench/bench_data.py --size "$SIZE" --data "$DATA" \
+        --workers 0 4 8 15 --batches "$((ITERATIONS * 3))"
 fi
 
 if [ "$PART" = 2 ] || [ "$PART" = all ]; then
