@@ -584,8 +584,8 @@ class Trainer:
             totals += torch.stack([out.loss.detach(), out.box, out.obj, out.cls])
             images_seen += images.shape[0]
         self.context.clear()
-        for module in self.model.excitations.values():
-            if isinstance(module, AssistedExcitation):
+        if self.network is not None:
+            for module in self.ae_modules().values():
                 module.unprepare()
         if self.ddp is not None:
             torch.distributed.all_reduce(totals)  # every rank sees the step's loss, NaN included
@@ -599,11 +599,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        alphas = [
-            m.last_alpha
-            for m in self.model.excitations.values()
-            if isinstance(m, AssistedExcitation)
-        ]
+        alphas = [m.last_alpha for m in self.ae_modules().values()]
         self.iteration += 1
         elapsed = time.perf_counter() - start
         metrics = {
@@ -624,15 +620,21 @@ class Trainer:
 
     def _prepare_excitation(self, width: int, height: int) -> None:
         """Each AE layer's alpha and mask for this micro-batch, outside the compiled graph."""
+        modules = self.ae_modules()
         if (width, height) not in self._grids:
             rows = self.model.layer_table(width, height)
-            self._grids[width, height] = {
-                key: rows[int(key)].output[:2] for key in self.model.excitations
-            }
+            self._grids[width, height] = {key: rows[int(key)].output[:2] for key in modules}
         for key, (w, h) in self._grids[width, height].items():
-            module = self.model.excitations[key]
-            if isinstance(module, AssistedExcitation):
-                module.prepare(h, w, self.device)
+            modules[key].prepare(h, w, self.device)
+
+    def ae_modules(self) -> dict[str, AssistedExcitation]:
+        """The network's AE modules by layer key (``model.excitations`` may hold other
+        modules)."""
+        return {
+            key: module
+            for key, module in self.model.excitations.items()
+            if isinstance(module, AssistedExcitation)
+        }
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
         """DDP averages gradients once per step, in the backward of the last micro-batch."""

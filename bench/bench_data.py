@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_train import cfg_text, cpu_model  # bench/ is on sys.path when a script here runs
+
+# bench/ is on sys.path when a script here runs.
+from bench_train import cfg_text, cpu_model, ensure_dataset
 
 from ae_model.data import augment, build_loader
-from ae_model.datasets import generate_dataset
 from ae_model.train import TrainConfig, Trainer
 
 
@@ -43,6 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="dataset folder: reused if it holds a COCO layout, else generated "
                              "there (default: a temporary folder)")  # fmt: skip
     parser.add_argument("--train-images", type=int, default=256, help="generated train images")
+    parser.add_argument("--val-images", type=int, default=1,
+                        help="generated val images (the Trainer opens the split)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=16, help="images per micro-batch")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
                         help="loader worker counts to measure")  # fmt: skip
@@ -111,9 +114,7 @@ def main(args: argparse.Namespace) -> int:
           f"average {load}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         data = args.data or Path(tmp) / "data"
-        if not (data / "annotations" / "instances_train.json").is_file():
-            generate_dataset("digits", data, train=args.train_images, val=1, size=args.size,
-                             seed=args.seed)  # fmt: skip
+        print(ensure_dataset(args, data))
         config = TrainConfig(
             cfg=cfg_text(args.cfg, flip=False), data=str(data), out=str(Path(tmp) / "run"),
             width=args.size, height=args.size, multiscale=False, device="cpu",

@@ -35,7 +35,6 @@ import torch
 
 from ae_model.cfg import resolve_cfg
 from ae_model.datasets import generate_dataset
-from ae_model.excitation import AssistedExcitation
 from ae_model.train import AEConfig, Hook, NonFiniteLossError, TrainConfig, Trainer
 
 # Effectively no iteration limit: the wall-time budget ends training. Large enough that the
@@ -115,9 +114,8 @@ class WallTimeBudget(Hook):
             step_s = statistics.median(gaps[1:] or gaps)  # the first step starts the loader
             remaining = max(0, round((self.budget_s - self.elapsed) / step_s))
             self.ae_T = max(1, trainer.iteration + remaining)
-            for module in trainer.model.excitations.values():
-                if isinstance(module, AssistedExcitation):
-                    module.T = self.ae_T
+            for module in trainer.ae_modules().values():
+                module.T = self.ae_T
         if self.elapsed >= self.budget_s or trainer.iteration == self.max_iterations:
             trainer.stop_requested = True
 
