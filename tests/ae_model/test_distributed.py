@@ -29,6 +29,18 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
 
 
+@pytest.fixture(autouse=True)
+def one_thread_everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One CPU thread here and in the peer processes (which read OMP_NUM_THREADS at start):
+    kernels round by thread count, so the processes compared must run the same, whatever
+    thread count an earlier test left this process at."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_sampler_shares_out_each_iterations_micro_batches() -> None:
     def stream(rank: int, world: int) -> list[list[int]]:
         sampler = IterationBatchSampler(
@@ -67,23 +79,11 @@ def test_two_processes_train_the_steps_one_process_trains(tmp_path: Path) -> Non
     assert not list((tmp_path / "two").glob(".rendezvous-*"))
 
 
-@pytest.fixture
-def one_thread_everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One CPU thread here and in the peer processes (which read OMP_NUM_THREADS at start)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("one_thread_everywhere")
 def test_compiled_processes_train_the_steps_one_compiled_process_trains(tmp_path: Path) -> None:
     # torch.compile around DDP (its DDPOptimizer splits the graph at gradient buckets), AE in
     # the graph, two micro-batches per process per iteration. Against one compiled process:
     # compiled and eager float32 round differently, and without burn-in that grows to 3e-4
-    # by the second step (tests/ae_model/test_train.py compares compiled with eager). Inductor's
-    # CPU kernels also round by thread count, hence one thread in every process.
+    # by the second step (tests/ae_model/test_train.py compares compiled with eager).
     data = tmp_path / "shapes"
     generate_dataset("shapes", data, train=16, val=4, size=96, seed=2, min_scale=0.1)
     overrides: dict[str, object] = dict(amp=False, max_batches=3, subdivisions=4, compile=True)
