@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.cache import MemoryCache
-from api.db import ApiKey, Tenant
+from api.core.db import ApiKey, Tenant
 
 KEY_PREFIX = "aet_"
 # The first characters of a key, stored in clear so a lookup needs no full-table scan.

@@ -24,7 +24,7 @@ from ae_model.cfg import (
     largest_multiscale_size,
     resolve_random,
 )
-from api.job_spec import TrainSpec
+from api.core.job_spec import TrainSpec
 
 BYTES_PER_VALUE = 4  # float32
 PARAMETER_COPIES = 3  # weights, gradients, momentum

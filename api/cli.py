@@ -34,8 +34,8 @@ def db_upgrade(
     revision: str = typer.Argument("head", help="Alembic revision to migrate to."),
 ) -> None:
     """Apply migrations to the configured database (the embedded SQLite file by default)."""
+    from api.core.settings import get_settings
     from api.migrate import upgrade
-    from api.settings import get_settings
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -53,8 +53,8 @@ app.add_typer(keys_app, name="keys")
 
 
 def _session_factory() -> Any:
-    from api.db import make_engine, make_session_factory
-    from api.settings import get_settings
+    from api.core.db import make_engine, make_session_factory
+    from api.core.settings import get_settings
 
     return make_session_factory(make_engine(get_settings().resolved_database_url()))
 
@@ -63,8 +63,8 @@ def _session_factory() -> Any:
 def keys_create(tenant: str = typer.Argument(..., help="Tenant name (created if new).")) -> None:
     """Print a new API key for TENANT. It is shown once; only its hash is stored."""
     from api.auth import create_tenant_with_key
+    from api.core.settings import get_settings
     from api.migrate import check_up_to_date
-    from api.settings import get_settings
 
     try:
         check_up_to_date(get_settings().resolved_database_url())
@@ -109,9 +109,9 @@ def serve(
     and a worker process, all under AETRAIN_HOME; the first start creates an API key."""
     import uvicorn
 
+    from api.core.settings import get_settings
     from api.main import create_app
     from api.migrate import upgrade
-    from api.settings import get_settings
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def compare(
 ) -> None:
     """Run a comparison (arms x seeds) and print the paired statistics and verdict."""
     from api.client import ApiError, embedded_server
-    from api.settings import get_settings
+    from api.core.settings import get_settings
 
     body = json.loads(spec.read_text())
     try:
@@ -251,7 +251,7 @@ def quickstart(
     """Generate a digits dataset, train baseline vs AE (stride 16) over a few seeds on a small
     YOLOv3-tiny, and print whether AE's difference is larger than seed noise."""
     from api.client import ApiError, embedded_server
-    from api.settings import get_settings
+    from api.core.settings import get_settings
 
     def go(client: Any) -> None:
         typer.echo("generating the digits dataset ...")

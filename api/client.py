@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from api.settings import Settings
+from api.core.settings import Settings
 
 
 class ApiError(RuntimeError):

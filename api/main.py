@@ -12,13 +12,13 @@ from fastapi import FastAPI
 from ae_model import __version__
 from api.auth import VerifiedKeys
 from api.cache import BodyCache
-from api.db import make_engine, make_session_factory
+from api.core.db import make_engine, make_session_factory
+from api.core.settings import Settings, get_settings
 from api.deps import POOL_SIZE, STREAM_POLLS
 from api.metric_pages import SettledRowsCache
 from api.migrate import check_up_to_date
 from api.reaper import reap_forever
 from api.routes import comparisons, datasets, health, jobs, models
-from api.settings import Settings, get_settings
 from worker.celery_app import create_celery
 
 

@@ -18,14 +18,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.cache import BodyCache, MemoryCache
-from api.db.models import TERMINAL_STATES, Checkpoint, Job, Metric
+from api.core.db.models import TERMINAL_STATES, Checkpoint, Job, Metric
 from api.schemas import MAX_ROW_ID
 
 PageKey = tuple[int, int, str | None, int, int]
 """``(tenant_id, job_id, keys, since_step, limit)``: a page, as a tenant asks for it."""
 
 # orjson writes NaN and infinities as null (JSON has neither), naive datetimes (SQLite's) as
-# UTC and UTC as "Z" (PostgreSQL sessions run in UTC: api.db.session), so a body is exactly
+# UTC and UTC as "Z" (PostgreSQL sessions run in UTC: api.core.db.session), so a body is exactly
 # MetricsPage's; it serialises a page in a tenth of the time json.dumps took.
 JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 

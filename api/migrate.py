@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 import migrations
-from api.db import make_engine
+from api.core.db import make_engine
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 

@@ -1,5 +1,5 @@
 """Recovers jobs whose worker died, and queued jobs whose task the broker lost: a loop in the
-API process (see worker.jobs.reap_stale_jobs and worker.jobs.resend_lost_tasks).
+API process (see api.core.jobstore.reap_stale_jobs and api.core.jobstore.resend_lost_tasks).
 
 Several API replicas may each run it; the conditional updates recover a job once.
 """
@@ -12,9 +12,9 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import Job
-from api.settings import Settings
-from worker import jobs as job_ops
+from api.core import jobstore as job_ops
+from api.core.db.models import Job
+from api.core.settings import Settings
 from worker.celery_app import send_train_task, waiting_tasks
 
 log = logging.getLogger(__name__)

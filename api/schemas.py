@@ -1,6 +1,6 @@
 """Request and response schemas of the HTTP API, per resource: ``XCreate`` in, ``XPublic`` out.
 
-Database rows (``api.db.models``) are never returned as they are: a public schema says what a
+Database rows (``api.core.db.models``) are never returned as they are: a public schema says what a
 client may see (no server paths, no other tenant's data).
 """
 

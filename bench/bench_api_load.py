@@ -10,7 +10,7 @@ Two measurements, each bounded in time and count:
    measures for ``--duration-s`` seconds: latency p50/p90/p99/max per request kind, the
    throughput, and the CPU time per request of the API server, PostgreSQL (when local) and the
    clients, which share the machine (Linux /proc).
-2. **Metric ingest.** What a worker's flush does: ``worker.jobs.insert_metrics`` in batches
+2. **Metric ingest.** What a worker's flush does: ``api.core.jobstore.insert_metrics`` in batches
    of ``--batch-rows`` rows, for ``--ingest-rows`` rows; prints rows per second.
 
     python bench/bench_api_load.py --database postgresql+psycopg://postgres@127.0.0.1:5432/test
@@ -45,10 +45,10 @@ from sqlalchemy.engine import make_url
 
 from api.auth import create_tenant_with_key
 from api.client import free_port, wait_until_serving
-from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Dataset, Job, utcnow
+from api.core import jobstore as job_ops
+from api.core.db import Tenant, make_engine, make_session_factory
+from api.core.db.models import Dataset, Job, utcnow
 from api.migrate import upgrade
-from worker import jobs as job_ops
 
 METRIC_KEYS = ("loss", "loss_box", "loss_obj", "loss_cls", "lr", "ae_alpha", "images_per_s")
 

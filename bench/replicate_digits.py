@@ -22,7 +22,7 @@ from typing import Any
 from ae_model.cfg import bundled_cfg_path
 from api.cli import run_comparison
 from api.client import Client, embedded_server
-from api.settings import Settings
+from api.core.settings import Settings
 
 DATA = {"kind": "digits", "train": 600, "val": 150, "size": 128, "seed": 0,
         "min_scale": 0.12, "max_scale": 0.35, "max_objects": 4}  # fmt: skip

@@ -1,1 +1,1 @@
-"""Alembic migrations for aetrain's schema (``api.db.models``); run by ``aetrain db upgrade``."""
+"""Alembic migrations for aetrain's schema (``api.core.db.models``): ``aetrain db upgrade``."""

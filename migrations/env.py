@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import Connection
 
-from api.db import Base, make_engine
+from api.core.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -7,7 +7,7 @@ child process, forked per task, is the first to touch CUDA.
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from api.settings import Settings, get_settings
+from api.core.settings import Settings, get_settings
 
 DEFAULT_QUEUE = "cpu"
 TRAIN_TASK = "aetrain.train_job"

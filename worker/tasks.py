@@ -5,8 +5,8 @@ import socket
 import sys
 from typing import Any
 
-from api.db import make_engine, make_session_factory
-from api.settings import get_settings
+from api.core.db import make_engine, make_session_factory
+from api.core.settings import get_settings
 from worker.celery_app import TRAIN_TASK, app
 
 

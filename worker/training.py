@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from ae_model.cfg import CfgError
 from ae_model.train import AEConfig, Hook, NonFiniteLossError, TrainConfig, Trainer
 from ae_model.weights import save_darknet_weights
-from api.db.models import Dataset, Job, JobState, ModelConfig
-from api.job_spec import JobCreate, StrideSpec
-from api.settings import Settings
-from worker import jobs
+from api.core import jobstore as jobs
+from api.core.db.models import Dataset, Job, JobState, ModelConfig
+from api.core.job_spec import JobCreate, StrideSpec
+from api.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

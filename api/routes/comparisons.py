@@ -11,13 +11,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ae_model.compare import ArmResult, format_table, plot_comparison, summarize
-from api.db.models import Comparison, Job, JobState, Metric, utcnow
+from api.core import jobstore as job_ops
+from api.core.db.models import Comparison, Job, JobState, Metric, utcnow
+from api.core.job_spec import ComparisonCreate, JobCreate
+from api.core.settings import Settings
 from api.deps import SessionDep, TenantDep
-from api.job_spec import ComparisonCreate, JobCreate
 from api.routes.jobs import SUBMIT_RESPONSES, check_active_jobs, check_job_spec, enqueue
 from api.schemas import MAX_ROW_ID, UNAUTHORIZED, UtcDatetime
-from api.settings import Settings
-from worker import jobs as job_ops
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], responses=UNAUTHORIZED)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {

@@ -39,7 +39,8 @@ from ae_model.dataset_check import (
     find_dataset_root,
 )
 from ae_model.datasets import generate_dataset
-from api.db.models import Dataset
+from api.core.db.models import Dataset
+from api.core.settings import Settings
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.schemas import (
     MAX_ROW_ID,
@@ -52,7 +53,6 @@ from api.schemas import (
     Page,
     SplitCounts,
 )
-from api.settings import Settings
 
 
 class UploadLimits(BaseSettings):

@@ -22,7 +22,8 @@ from ae_model.cfg import (
     parse_cfg,
 )
 from api.budget import parameters_over_budget, training_step_memory
-from api.db.models import (
+from api.core import jobstore as job_ops
+from api.core.db.models import (
     TERMINAL_STATES,
     Checkpoint,
     Dataset,
@@ -33,6 +34,8 @@ from api.db.models import (
     ModelConfig,
     utcnow,
 )
+from api.core.job_spec import JobCreate, StrideSpec
+from api.core.settings import Settings
 from api.deps import SessionDep, TenantDep
 from api.job_schemas import (
     CheckpointFile,
@@ -43,11 +46,8 @@ from api.job_schemas import (
     MetricPublic,
     MetricsPage,
 )
-from api.job_spec import JobCreate, StrideSpec
 from api.metric_pages import job_metrics_page
 from api.schemas import BAD_JSON, MAX_ROW_ID, UNAUTHORIZED
-from api.settings import Settings
-from worker import jobs as job_ops
 from worker.celery_app import send_train_task
 
 # Every route needs a key; every route with a job id answers 404 for another tenant's job.

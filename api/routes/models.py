@@ -27,7 +27,7 @@ from ae_model.cfg import (
     parse_cfg,
 )
 from api.budget import parameters_over_budget
-from api.db.models import ModelConfig
+from api.core.db.models import ModelConfig
 from api.deps import SessionDep, TenantDep
 from api.schemas import (
     BAD_JSON,

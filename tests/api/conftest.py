@@ -10,12 +10,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.auth import create_tenant_with_key
-from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Checkpoint, Dataset, Job, Metric
+from api.core.db import Tenant, make_engine, make_session_factory
+from api.core.db.models import Checkpoint, Dataset, Job, Metric
+from api.core.settings import Settings
 from api.main import create_app
 from api.migrate import upgrade
 from api.routes.datasets import UploadLimits, get_upload_limits
-from api.settings import Settings
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -23,7 +23,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         url: str = request.getfixturevalue("postgres_url")
         return url
-    return f"sqlite:///{tmp_path / 'api.db'}"
+    return f"sqlite:///{tmp_path / 'api.core.db'}"
 
 
 @pytest.fixture

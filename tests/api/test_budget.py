@@ -17,9 +17,9 @@ from api.budget import (
     saved_activations,
     training_step_memory,
 )
-from api.job_spec import TrainSpec
+from api.core.job_spec import TrainSpec
+from api.core.settings import Settings
 from api.main import create_app
-from api.settings import Settings
 from tests.api.conftest import _key, ready_dataset
 
 

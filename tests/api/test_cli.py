@@ -77,7 +77,7 @@ def test_keys_create_needs_a_migrated_database_then_prints_a_working_key(tmp_pat
     assert key.startswith("aet_") and len(key) > 40
 
     from api.auth import tenant_for_key
-    from api.db import make_engine, make_session_factory
+    from api.core.db import make_engine, make_session_factory
 
     engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'aetrain.db'}")
     with make_session_factory(engine)() as session:

@@ -21,12 +21,12 @@ from sqlalchemy.engine import make_url
 
 from api.auth import VerifiedKeys, create_tenant_with_key
 from api.client import free_port, wait_until_serving
-from api.db import ApiKey, make_engine, make_session_factory
-from api.db.models import Job, Metric, utcnow
+from api.core.db import ApiKey, make_engine, make_session_factory
+from api.core.db.models import Job, Metric, utcnow
+from api.core.settings import Settings
 from api.deps import DB_SESSIONS
 from api.main import create_app
 from api.migrate import upgrade
-from api.settings import Settings
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ae_model import __version__
+from api.core.settings import Settings
 from api.main import create_app
-from api.settings import Settings
 
 
 def test_health_reports_version(client: TestClient) -> None:

@@ -6,11 +6,11 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
-from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Job, Metric
+from api.core.db import Tenant, make_engine, make_session_factory
+from api.core.db.models import Job, Metric
+from api.core.settings import Settings
 from api.job_schemas import MetricsPage
 from api.metric_pages import SettledRows, build_page
-from api.settings import Settings
 from tests.api.conftest import running_job
 
 KEYS = ("a", "b", "c", "d")

@@ -6,7 +6,7 @@ import pytest
 from alembic import command
 from sqlalchemy import DateTime, column, inspect, select, table
 
-from api.db import Base, make_engine
+from api.core.db import Base, make_engine
 from api.migrate import alembic_config, check_up_to_date, head_revision, upgrade
 
 CREATED = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from api.settings import Settings
+from api.core.settings import Settings
 from tests.conftest import REPO_ROOT, start_worker, stop_worker
 from worker.celery_app import create_celery
 

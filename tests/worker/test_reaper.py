@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Job, JobEvent, JobState, utcnow
+from api.core import jobstore as job_ops
+from api.core.db import Tenant, make_engine, make_session_factory
+from api.core.db.models import Job, JobEvent, JobState, utcnow
 from api.migrate import upgrade
-from worker import jobs as job_ops
 
 STALE = timedelta(seconds=60)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from api.job_spec import JobCreate
+from api.core.job_spec import JobCreate
 from worker.training import train_config
 
 

@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from ae_model.datasets import generate_dataset
-from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Dataset
+from api.core.db import Tenant, make_engine, make_session_factory
+from api.core.db.models import Dataset
+from api.core.settings import Settings
 from api.main import create_app
 from api.migrate import upgrade
-from api.settings import Settings
 from tests.api.conftest import _key
 from tests.conftest import start_worker, stop_worker
 

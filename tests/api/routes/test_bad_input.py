@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ae_model.cfg import bundled_cfg_path
-from api.settings import Settings
+from api.core.settings import Settings
 from tests.ae_model.test_dataset_check import (
     Files,
     coco_files,

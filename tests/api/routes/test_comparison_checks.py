@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from api.settings import Settings
+from api.core.settings import Settings
 from tests.api.conftest import ready_dataset
 
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ae_model.dataset_check import check_dataset
-from api.settings import Settings
+from api.core.settings import Settings
 from tests.ae_model.test_dataset_check import (
     Files,
     coco_files,
@@ -320,10 +320,10 @@ import sys
 from pathlib import Path
 from fastapi.testclient import TestClient
 from api.auth import create_tenant_with_key
-from api.db import make_engine, make_session_factory
+from api.core.db import make_engine, make_session_factory
 from api.main import create_app
 from api.migrate import upgrade
-from api.settings import Settings
+from api.core.settings import Settings
 from tests.ae_model.test_dataset_check import coco_files, zip_bytes
 
 home = Path(sys.argv[1])

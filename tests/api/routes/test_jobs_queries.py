@@ -7,13 +7,13 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from ae_model.cfg import bundled_cfg_path
-from api.db import Tenant, make_engine, make_session_factory
-from api.db.models import Job, Metric
+from api.core import jobstore as job_ops
+from api.core.db import Tenant, make_engine, make_session_factory
+from api.core.db.models import Job, Metric
+from api.core.settings import Settings
 from api.job_schemas import MetricsPage
 from api.main import create_app
-from api.settings import Settings
 from tests.api.conftest import ready_dataset, running_job
-from worker import jobs as job_ops
 
 
 def _session(settings: Settings) -> Session:

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from api.db.models import Checkpoint, Job, JobEvent, JobState, Metric, utcnow
+from api.core.db.models import Checkpoint, Job, JobEvent, JobState, Metric, utcnow
 
 
 def add_event(session: Session, job_id: int, state: str, message: str = "") -> None:
