@@ -84,7 +84,11 @@ class TrainConfig:
     """
 
     cfg: str
+    """A cfg file's path or a bundled cfg's name (:func:`ae_model.cfg.resolve_cfg`); with
+    ``cfg_text``, only the name the text is reported under."""
     data: str
+    cfg_text: str | None = None
+    """The cfg's text, when it comes from elsewhere than a file (an uploaded model)."""
     out: str = "runs/train"
     seed: int = 0
     max_batches: int | None = None
@@ -281,7 +285,11 @@ class Trainer:
 
         self.train_set = open_dataset(config.data, "train")
         self.val_set = open_dataset(config.data, "val")
-        cfg = resolve_cfg(config.cfg)
+        cfg = (
+            parse_cfg(config.cfg_text, config.cfg)
+            if config.cfg_text is not None
+            else resolve_cfg(config.cfg)
+        )
         heads = (YoloSection, RegionSection)
         classes = {head.classes for head in cfg.sections if isinstance(head, heads)}
         retargeted_from = None

@@ -183,7 +183,7 @@ def test_yolov4_tiny_with_mosaic_learns_with_ae(shapes: Path, tmp_path: Path) ->
     # yolov4-tiny-small: CSP route groups, scale_x_y, CIoU; mosaic=1 turned on in its [net].
     cfg = resolve_cfg("yolov4-tiny-small").text.replace("[net]", "[net]\nmosaic=1", 1)
     config = _config(
-        shapes, tmp_path, cfg=cfg, max_batches=100, subdivisions=1, learning_rate=0.00261,
+        shapes, tmp_path, cfg_text=cfg, max_batches=100, subdivisions=1, learning_rate=0.00261,
         ae=AEConfig(layers={"stride": 16}),
     )  # fmt: skip
     trainer = Trainer(config)
@@ -275,7 +275,7 @@ def test_rollbacks_are_bounded(shapes: Path, tmp_path: Path) -> None:
 def test_net_section_schedule_keys_reach_the_scheduler(shapes: Path, tmp_path: Path) -> None:
     text = resolve_cfg(CFG).text.replace("decay=0.0005", "")
     cfg = text.replace("[net]", "[net]\nstep=3\nscale=0.5\ngamma=0.9", 1)
-    config = _config(shapes, tmp_path, cfg=cfg, policy="step", burn_in=0, decay=None)
+    config = _config(shapes, tmp_path, cfg_text=cfg, policy="step", burn_in=0, decay=None)
     trainer = Trainer(config)
     assert trainer.schedule(7) == pytest.approx(0.01 * 0.5**2)  # 7 // 3 = 2 halvings
     assert (trainer.schedule.step, trainer.schedule.gamma) == (3, 0.9)
