@@ -116,7 +116,8 @@ def main(args: argparse.Namespace) -> int:
         data = args.data or Path(tmp) / "data"
         print(ensure_dataset(args, data))
         config = TrainConfig(
-            cfg=args.cfg, cfg_text=cfg_text(args.cfg, flip=False), data=str(data), out=str(Path(tmp) / "run"),
+            cfg=args.cfg, cfg_text=cfg_text(args.cfg, flip=False), data=str(data),
+            out=str(Path(tmp) / "run"),
             width=args.size, height=args.size, multiscale=False, device="cpu",
         )  # fmt: skip
         trainer = Trainer(config)

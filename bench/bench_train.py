@@ -251,7 +251,8 @@ def run(args: argparse.Namespace, data: Path, out: Path) -> int:
     if args.ae_stride:
         ae = AEConfig({"stride": args.ae_stride}, iterations=args.ae_iterations)
     config = TrainConfig(
-        cfg=args.cfg, cfg_text=cfg_text(args.cfg, args.flip), data=str(data), out=str(out), seed=args.seed,
+        cfg=args.cfg, cfg_text=cfg_text(args.cfg, args.flip), data=str(data), out=str(out),
+        seed=args.seed,
         max_batches=NO_ITERATION_LIMIT, batch=args.batch, subdivisions=args.subdivisions,
         learning_rate=args.lr, burn_in=args.burn_in, width=args.size, height=args.size,
         multiscale=args.multiscale, ae=ae, device=args.device, amp=args.amp,
