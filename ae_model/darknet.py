@@ -34,8 +34,8 @@ Head = YoloLayer | RegionLayer
 
 
 class Darknet(nn.Module):
-    """A darknet network built from a cfg (a path, a bundled cfg name, cfg text or a parsed
-    ``DarknetConfig``).
+    """A darknet network built from a cfg: a parsed ``DarknetConfig`` (``parse_cfg`` reads cfg
+    text), a cfg file's path or a bundled cfg's name (see ``resolve_cfg``).
 
     ``forward(x)``, ``x`` ``(B, C, H, W)`` with H and W multiples of 32 (the input size is
     read from ``x``, so multi-scale training just feeds other sizes):

@@ -22,12 +22,12 @@ import torch
 from ae_model.darknet import Darknet
 from ae_model.excitation import ExcitationContext, attach_excitation
 
-DEFAULT_CFG = Path(__file__).resolve().parents[1] / "ae_model" / "cfg" / "yolov3-tiny.cfg"
+DEFAULT_CFG = "yolov3-tiny"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cfg", default=str(DEFAULT_CFG), help="darknet cfg of the network")
+    parser.add_argument("--cfg", default=DEFAULT_CFG, help="a .cfg file or a bundled cfg's name")
     parser.add_argument("--size", type=int, default=256, help="input width and height (px)")
     parser.add_argument("--batch", type=int, default=8, help="images per step")
     parser.add_argument("--boxes", type=int, default=6, help="ground-truth boxes per image")

@@ -1,6 +1,6 @@
 """COCOeval time on a generated 5,000-image val set: pycocotools vs faster-coco-eval.
 
-Builds COCO-format ground truth in memory (boxes drawn as ``ae_model.datasets`` draws objects:
+Builds COCO-format ground truth in memory (boxes drawn as ``ae_model.data.synthetic`` draws objects:
 1-6 per image, side ``size * exp(U(log 0.05, log 0.3))``, a random class) and detections as a
 detector would leave them after NMS: most ground-truth boxes found again with jitter, some with
 the wrong class or twice, plus false positives, all with scores. Detections go in as the
@@ -39,7 +39,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ae_model.evaluate import STAT_NAMES
 
-# ae_model.datasets' defaults: objects per image and object side as a fraction of the image.
+# ae_model.data.synthetic's defaults: objects per image and object side as a fraction of the image.
 MIN_OBJECTS, MAX_OBJECTS = 1, 6
 MIN_SCALE, MAX_SCALE = 0.05, 0.3
 # COCO's area ranges (pixels^2), for the counts printed with the data.

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from bench_train import cpu_model  # bench/ is on sys.path when a script here runs
 
-from ae_model.cfg import resolve_cfg, retarget_classes
+from ae_model.cfg import parse_cfg, resolve_cfg, retarget_classes
 from ae_model.darknet import Darknet
 from ae_model.optim import build_optimizer
 from ae_model.train import build_loss
@@ -61,7 +61,8 @@ class Arm:
     def __init__(self, cfg: str, classes: int, device: torch.device) -> None:
         config = resolve_cfg(cfg)
         self.name = Path(config.source).stem
-        self.model = Darknet(retarget_classes(config.text, classes)).to(device).train()
+        retargeted = parse_cfg(retarget_classes(config.text, classes), config.source)
+        self.model = Darknet(retargeted).to(device).train()
         self.loss_fn = build_loss(self.model.heads, self.name)
         self.optimizer = build_optimizer(self.model, 1e-4, 0.9, 0.0005)
         self.device = device

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from threading import Barrier
 
 import pytest
 
 from ae_model.cfg import (
     CfgError,
-    CfgWarning,
     ConvolutionalSection,
     MaxpoolSection,
     RegionSection,
@@ -30,6 +31,11 @@ NET = "[net]\nwidth=416\nheight=416\nchannels=3\n"
 def parse(body: str, net: str = NET) -> list[Section]:
     """Sections of ``net + body`` (a cfg whose [net] is 416x416x3)."""
     return list(parse_cfg(net + body, "test.cfg").sections)
+
+
+def warnings_of(body: str, net: str = NET) -> tuple[str, ...]:
+    """The parse warnings of ``net + body``."""
+    return parse_cfg(net + body, "test.cfg").warnings
 
 
 def test_whitespace_comments_and_crlf_are_lexed_like_darknet() -> None:
@@ -78,27 +84,50 @@ def test_pad_means_half_the_size_and_padding_is_used_otherwise() -> None:
 
 
 def test_first_occurrence_of_a_key_wins_and_repeats_warn() -> None:
-    with pytest.warns(CfgWarning, match=r"test.cfg:7: repeated key 'filters'.*line 6"):
-        (conv,) = parse("[convolutional]\nfilters=16\nfilters=32\n")
+    config = parse_cfg(NET + "[convolutional]\nfilters=16\nfilters=32\n", "test.cfg")
+    assert config.warnings == (
+        "test.cfg:7: repeated key 'filters' in [convolutional] ignored; "
+        "darknet uses the first one, at line 6",
+    )
+    (conv,) = config.sections
     assert isinstance(conv, ConvolutionalSection)
     assert conv.filters == 16
     assert conv.options["filters"] == "16"
 
 
 def test_unknown_key_warns_with_file_and_line() -> None:
-    with pytest.warns(CfgWarning, match=r"test.cfg:6: unknown key 'fliters' in \[convolutional\]"):
-        parse("[convolutional]\nfliters=16\n")
+    assert warnings_of("[convolutional]\nfliters=16\n") == (
+        "test.cfg:6: unknown key 'fliters' in [convolutional] ignored",
+    )
 
 
 def test_known_darknet_keys_and_assisted_excitation_do_not_warn() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        (conv,) = parse(
-            "[convolutional]\nfilters=8\nassisted_excitation=4000\n",
-            net=NET + "mosaic=1\nmax_chart_loss=20\n",
-        )
+    body = "[convolutional]\nfilters=8\nassisted_excitation=4000\n"
+    net = NET + "mosaic=1\nmax_chart_loss=20\n"
+    assert warnings_of(body, net) == ()
+    (conv,) = parse(body, net)
     # The raw option is kept for ae_model.excitation.
     assert conv.options["assisted_excitation"] == "4000"
+
+
+def test_warnings_are_the_parses_own_and_nothing_goes_through_the_warnings_module(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    # Threads parsing at once: each config holds its own warnings, none of another's.
+    texts = [NET + f"[convolutional]\nunknown_{i}=1\n" for i in range(8)]
+    start = Barrier(len(texts))
+
+    def parse_when_all_are_ready(i: int) -> tuple[str, ...]:
+        start.wait()
+        return parse_cfg(texts[i], f"cfg{i}.cfg").warnings
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        results = list(pool.map(parse_when_all_are_ready, range(len(texts))))
+    assert results == [
+        (f"cfg{i}.cfg:6: unknown key 'unknown_{i}' in [convolutional] ignored",)
+        for i in range(len(texts))
+    ]
+    assert not recwarn.list
 
 
 def test_net_keeps_raw_options_and_typed_defaults() -> None:
@@ -241,25 +270,61 @@ def test_route_groups_slice_channels() -> None:
 def test_bundled_cfgs_parse_without_warnings() -> None:
     names = list_bundled_cfgs()
     assert {"yolov3", "yolov3-tiny", "yolov3-small", "yolov3-tiny-small"} <= set(names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for name in names:
-            assert load_cfg(bundled_cfg_path(name)).sections
+    for name in names:
+        config = load_cfg(bundled_cfg_path(name))
+        assert config.sections and config.warnings == ()
 
 
-def test_resolve_cfg_accepts_names_paths_and_text() -> None:
+def test_resolve_cfg_names_a_bundled_cfg_by_a_bare_name() -> None:
     path = bundled_cfg_path("yolov3-tiny")
     assert bundled_cfg_path("yolov3-tiny.cfg") == path
-    by_name, by_path = resolve_cfg("yolov3-tiny"), resolve_cfg(path)
-    assert by_name.source == by_path.source == str(path)
-    from_text = resolve_cfg(path.read_text())
-    assert from_text.source == "<cfg>"
-    assert [s.options for s in from_text.sections] == [s.options for s in by_path.sections]
+    by_name = resolve_cfg("yolov3-tiny")
+    assert by_name.source == str(path)
     assert resolve_cfg(by_name) is by_name
-    with pytest.raises(CfgError, match="neither a cfg file nor a bundled cfg"):
+    with pytest.raises(CfgError, match=r"no bundled cfg named 'yolov9-huge'; bundled: .*yolov3"):
         resolve_cfg("yolov9-huge")
     with pytest.raises(CfgError, match="no bundled cfg named"):
         bundled_cfg_path("../cfg")
+
+
+def test_resolve_cfg_reads_a_path_like_or_a_str_with_a_separator_or_cfg_suffix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = bundled_cfg_path("yolov3-tiny-small").read_text()
+    (tmp_path / "mine.cfg").write_text(text)
+    (tmp_path / "no-suffix").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    for reference in (
+        tmp_path / "no-suffix",
+        "mine.cfg",
+        "./no-suffix",
+        str(tmp_path / "mine.cfg"),
+    ):
+        config = resolve_cfg(reference)
+        assert config.source == str(Path(reference))
+        assert len(config.sections) == len(resolve_cfg("yolov3-tiny-small").sections)
+    with pytest.raises(CfgError, match=r"no cfg file 'missing.cfg'"):
+        resolve_cfg("missing.cfg")
+    with pytest.raises(CfgError, match=r"no cfg file"):
+        resolve_cfg(tmp_path / "missing")
+
+
+def test_resolve_cfg_never_picks_a_file_named_like_a_bundled_cfg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "yolov3-tiny").write_text("[net]\nwidth=32\nheight=32\nchannels=1\n[maxpool]\n")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_cfg("yolov3-tiny").source == str(bundled_cfg_path("yolov3-tiny"))
+    assert len(resolve_cfg("./yolov3-tiny").sections) == 1
+
+
+def test_resolve_cfg_refuses_cfg_text() -> None:
+    text = bundled_cfg_path("yolov3-tiny").read_text()
+    with pytest.raises(CfgError, match=r"not cfg text; parse text with parse_cfg"):
+        resolve_cfg(text)
+    assert [s.options for s in parse_cfg(text).sections] == [
+        s.options for s in resolve_cfg("yolov3-tiny").sections
+    ]
 
 
 def test_retarget_classes_changes_only_classes_and_head_filters() -> None:

@@ -253,7 +253,7 @@ def _assert_png(data: bytes) -> None:
 
 
 def test_plot_writes_png_for_full_data_and_curves(tmp_path: Path) -> None:
-    curves = {
+    curves: dict[str, list[dict[str, list[float]]]] = {
         "baseline": [
             {"iteration": [0, 1, 2, 3], "loss": [4.0, 3.0, 2.5, 2.0],
              "val_iteration": [2, 3], "val_AP": [0.2, 0.3]},

@@ -130,7 +130,7 @@ def test_yolov4_style_mish_csp_route_groups_and_spp() -> None:
         "[yolo]\nmask=0,1,2\nanchors=4,4, 8,8, 16,16\nnum=3\nclasses=1\nscale_x_y=1.05\n"
         "iou_loss=ciou\nnms_kind=greedynms\nbeta_nms=0.6\n"
     )
-    model = Darknet(text)
+    model = Darknet(parse_cfg(text))
     rows = model.layer_table(64, 64)
     assert [row.output for row in rows] == [
         (32, 32, 16),
@@ -225,7 +225,7 @@ def test_shortcut_adds_over_the_smaller_channel_count() -> None:
         "[convolutional]\nfilters=6\nactivation=linear\n"
         "[yolo]\nmask=0\nanchors=1,1\nnum=1\nclasses=1\n"
     )
-    model = Darknet(text)
+    model = Darknet(parse_cfg(text))
     outs: dict[int, torch.Tensor] = {}
     for i in range(5):
         model.layers[i].register_forward_hook(lambda m, a, o, i=i: outs.setdefault(i, o))
@@ -243,7 +243,7 @@ def test_yolo_decode_follows_darknets_formula() -> None:
         "[convolutional]\nfilters=14\nsize=1\nactivation=linear\n"
         "[yolo]\nmask=1,2\nanchors=5,6, 10,12, 20,24\nnum=3\nclasses=2\nscale_x_y=1.2\n"
     )
-    model = Darknet(text).eval()
+    model = Darknet(parse_cfg(text)).eval()
     head = model.heads[0]
     assert isinstance(head, YoloLayer)
     raw = torch.randn(1, 14, 4, 2)  # h=4, w=2 on a 64x128 (w x h) input: 32 px cells
@@ -272,7 +272,7 @@ def test_region_decode_anchors_in_grid_cells() -> None:
         "[convolutional]\nfilters=14\nsize=1\nactivation=linear\n"
         "[region]\nanchors=1,2, 3,4\nnum=2\nclasses=2\nsoftmax=1\n"
     )
-    head = Darknet(text).heads[0]
+    head = Darknet(parse_cfg(text)).heads[0]
     assert isinstance(head, RegionLayer)
     raw = torch.randn(1, 14, 2, 4)  # h=2, w=4 on a 128x64 input
     boxes = head.decode(raw, 128, 64)
@@ -307,7 +307,7 @@ def test_heads_decode_a_bfloat16_map_in_float32() -> None:
     )
     raw = torch.randn(1, 14, 16, 16).bfloat16()
     for text in (yolo, region):
-        head = Darknet(text).heads[0]
+        head = Darknet(parse_cfg(text)).heads[0]
         boxes = head.decode(raw, 512, 512)
         assert boxes.dtype == torch.float32
         torch.testing.assert_close(boxes, head.decode(raw.float(), 512, 512), rtol=0, atol=0)
@@ -323,7 +323,7 @@ def test_eval_forward_is_deterministic_and_dropout_is_identity() -> None:
         "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
         "[yolo]\nmask=0\nanchors=8,8\nnum=1\nclasses=1\n"
     )
-    model = Darknet(text).eval()
+    model = Darknet(parse_cfg(text)).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         first, second = model(x), model(x)
@@ -339,7 +339,7 @@ def test_model_attributes_follow_the_contract() -> None:
         .read_text()
         .replace("[upsample]\nstride=2\n", "[upsample]\nstride=2\nassisted_excitation=4000\n")
     )
-    model = Darknet(text)
+    model = Darknet(parse_cfg(text))
     assert model.net.width == 416 and model.net["max_batches"] == "500200"
     assert len(model.sections) == len(model.layers) == 24
     assert model.sections[19].type == "upsample"

@@ -2,11 +2,11 @@
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from ae_model.cfg import DarknetConfig, bundled_cfg_path, parse_cfg
 from ae_model.darknet import Darknet
 from ae_model.excitation import (
     MODES,
@@ -17,8 +17,8 @@ from ae_model.excitation import (
     attach_excitation,
     excite,
     gt_mask,
-    resolve_stride,
 )
+from ae_model.placement import resolve_stride
 
 
 def grid(*rows: str) -> torch.Tensor:
@@ -399,7 +399,7 @@ def test_module_validates_at_construction(kwargs: dict[str, object], message: st
 
 # --- on a darknet network -----------------------------------------------------------------------
 
-SMALL = "ae_model/cfg/yolov3-tiny-small.cfg"
+SMALL = "yolov3-tiny-small"
 
 
 def small_targets(batch_size: int) -> torch.Tensor:
@@ -496,9 +496,9 @@ def test_training_step_with_changing_input_sizes(
     ],
 )
 def test_placement_by_stride(cfg: str, stride: int, expected: int, kind: str, rule: int) -> None:
-    model = Darknet(f"ae_model/cfg/{cfg}.cfg")
+    model = Darknet(cfg)
     size = model.net.width
-    index = resolve_stride(model, stride, size, size)
+    index = resolve_stride(model.config, stride, size, size)
     assert index == expected
     rows = model.layer_table(size, size)
     assert (rows[index].type, rows[index].out_stride) == (kind, stride)
@@ -510,22 +510,22 @@ def test_placement_by_stride(cfg: str, stride: int, expected: int, kind: str, ru
 
 
 def test_placement_by_stride_rule_2_ends_the_stage() -> None:
-    model = Darknet("ae_model/cfg/yolov3.cfg")
+    model = Darknet("yolov3")
     rows = model.layer_table(416, 416)
-    index = resolve_stride(model, 4, 416, 416)
+    index = resolve_stride(model.config, 4, 416, 416)
     assert rows[index].out_stride == 4 and rows[index + 1].out_stride == 8
 
 
 def test_placement_by_stride_lists_the_strides_there_are() -> None:
     model = Darknet(SMALL)
     with pytest.raises(ValueError, match=r"stride 64 .* strides 1, 2, 4, 8, 16, 32"):
-        resolve_stride(model, 64, 160, 160)
+        resolve_stride(model.config, 64, 160, 160)
     with pytest.raises(ValueError, match=r'\{"stride": S\} with S an integer'):
         attach_excitation(model, {"stride": "16"}, ExcitationContext())  # type: ignore[dict-item]
 
 
 def test_placement_by_index() -> None:
-    model = Darknet("ae_model/cfg/yolov3-tiny.cfg")
+    model = Darknet("yolov3-tiny")
     context = ExcitationContext()
     layers = attach_excitation(model, [20, 4, 17], context, mode="multiplicative")
     assert layers == [4, 17, 20]
@@ -550,17 +550,17 @@ def test_placement_by_index() -> None:
     ],
 )
 def test_placement_by_index_rejects_bad_indices(spec: object, message: str) -> None:
-    model = Darknet("ae_model/cfg/yolov3-tiny.cfg")
+    model = Darknet("yolov3-tiny")
     with pytest.raises(ValueError, match=message):
         attach_excitation(model, spec, ExcitationContext())  # type: ignore[arg-type]
     assert len(model.excitations) == 0
 
 
-def cfg_with_key(value: str) -> str:
-    text = Path(SMALL).read_text()
+def cfg_with_key(value: str) -> DarknetConfig:
+    text = bundled_cfg_path(SMALL).read_text()
     route = "[route]\nlayers = -1, 8\n"
     assert route in text
-    return text.replace(route, f"{route}assisted_excitation={value}\n")
+    return parse_cfg(text.replace(route, f"{route}assisted_excitation={value}\n"))
 
 
 def test_cfg_key_turns_on_the_darknet_schedule() -> None:

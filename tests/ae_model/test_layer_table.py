@@ -159,7 +159,7 @@ def test_cli_json() -> None:
 def test_cli_errors() -> None:
     result = runner.invoke(app, ["layers", "no-such-net"])
     assert result.exit_code == 2
-    assert "neither a cfg file nor a bundled cfg" in result.stderr
+    assert "no bundled cfg named 'no-such-net'" in result.stderr
     result = runner.invoke(app, ["layers", "yolov3-tiny", "--size", "416x"])
     assert result.exit_code == 2
     assert "expected W or WxH" in result.stderr

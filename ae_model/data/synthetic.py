@@ -1,6 +1,6 @@
 """Generated detection datasets for tests, demos and benchmarks; nothing is downloaded.
 
-Two kinds, both written in the COCO detection layout that :mod:`ae_model.data` reads::
+Two kinds, both written in the COCO detection layout (:mod:`ae_model.data.layout`)::
 
     out/images/train/000000.png ...      out/annotations/instances_train.json
     out/images/val/000000.png ...        out/annotations/instances_val.json
@@ -32,8 +32,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ae_model.data.layout import SPLITS, coco_annotation_file, split_folders
+
 DatasetKind = Literal["digits", "shapes"]
-SPLITS = ("train", "val")
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 
@@ -210,7 +211,7 @@ def _write_split(
     names: tuple[str, ...],
     progress: Callable[[int], object] | None,
 ) -> SplitInfo:
-    images_dir = out / "images" / split
+    images_dir = split_folders(out, split)[0]
     images_dir.mkdir(parents=True, exist_ok=True)
     file_names = [f"{index:06d}.png" for index in range(count)]
     expected = set(file_names)
@@ -246,7 +247,7 @@ def _write_split(
             )
         if progress is not None:
             progress(1)
-    annotation_file = out / "annotations" / f"instances_{split}.json"
+    annotation_file = coco_annotation_file(out, split)
     annotation_file.parent.mkdir(parents=True, exist_ok=True)
     coco = {
         "info": {"description": f"aetrain generated '{kind}' dataset, split {split}, seed {seed}"},

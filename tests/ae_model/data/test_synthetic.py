@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from ae_model.datasets import (
+from ae_model.data.synthetic import (
     DIGIT_NAMES,
     SHAPE_NAMES,
     DatasetKind,

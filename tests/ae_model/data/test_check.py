@@ -1,112 +1,12 @@
-"""Dataset validation and safe zip extraction, on real files (the API tests reuse the builders)."""
+"""Dataset validation on real files: valid layouts, and problems named by file, line and id."""
 
-import io
-import json
-import stat
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-from PIL import Image
-
-from ae_model.dataset_check import (
-    MAX_LISTED_PROBLEMS,
-    ArchiveLimits,
-    DatasetError,
-    check_dataset,
-    extract_zip,
-    find_dataset_root,
-)
-from ae_model.datasets import generate_dataset
-
-Files = dict[str, Any]  # path -> bytes, str, or a dict written as JSON
-IMAGE_SIZE = (64, 48)
-
-
-def png(size: tuple[int, int] = IMAGE_SIZE, colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, colour).save(out, format="PNG")
-    return out.getvalue()
-
-
-def coco_files(train: int = 2, val: int = 1) -> Files:
-    """A valid COCO dataset: 2 categories, one 20x16 box per image."""
-    files: Files = {}
-    width, height = IMAGE_SIZE
-    for split, count in (("train", train), ("val", val)):
-        images, annotations = [], []
-        for i in range(count):
-            name = f"{i:03d}.png"
-            files[f"images/{split}/{name}"] = png()
-            images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
-            annotations.append(
-                {
-                    "id": i + 1,
-                    "image_id": i + 1,
-                    "category_id": 1 + i % 2,
-                    "bbox": [4, 4, 20, 16],
-                    "area": 320,
-                    "iscrowd": 0,
-                }
-            )
-        files[f"annotations/instances_{split}.json"] = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-        }
-    return files
-
-
-def yolo_files(train: int = 2, val: int = 1) -> Files:
-    """A valid YOLO dataset: classes.txt with 2 names, one box per image."""
-    files: Files = {"classes.txt": "cat\ndog\n"}
-    for split, count in (("train", train), ("val", val)):
-        for i in range(count):
-            files[f"images/{split}/{i:03d}.png"] = png()
-            files[f"labels/{split}/{i:03d}.txt"] = f"{i % 2} 0.5 0.5 0.25 0.3\n"
-    return files
-
-
-def encode(content: Any) -> bytes:
-    if isinstance(content, bytes):
-        return content
-    if isinstance(content, str):
-        return content.encode()
-    return json.dumps(content).encode()
-
-
-def write_files(root: Path, files: Files) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(content))
-    return root
-
-
-def zip_bytes(files: Files, prefix: str = "") -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, content in files.items():
-            zf.writestr(prefix + name, encode(content))
-    return out.getvalue()
-
-
-def zip_with_member(info: zipfile.ZipInfo, content: bytes, files: Files | None = None) -> bytes:
-    """A valid dataset zip plus one crafted member."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in (files if files is not None else coco_files()).items():
-            zf.writestr(name, encode(data))
-        zf.writestr(info, content)
-    return out.getvalue()
-
-
-def symlink_member(name: str = "images/train/link.png") -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.create_system = 3  # Unix: the mode in external_attr is meaningful
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return info
+from ae_model.data.check import MAX_LISTED_PROBLEMS, check_dataset
+from ae_model.data.datasets import open_dataset
+from ae_model.data.synthetic import generate_dataset
+from tests.ae_model.data.dataset_files import Files, coco_files, png, write_files, yolo_files
 
 
 def check(tmp_path: Path, files: Files) -> dict[str, Any]:
@@ -153,10 +53,6 @@ def test_darknet_list_layout(tmp_path: Path) -> None:
 
 
 def test_the_loader_reads_what_the_check_accepts(tmp_path: Path) -> None:
-    from ae_model.data import IMAGE_SUFFIXES, open_dataset
-    from ae_model.dataset_check import IMAGE_SUFFIXES as CHECKED_SUFFIXES
-
-    assert CHECKED_SUFFIXES == IMAGE_SUFFIXES
     for layout, files in (("coco", coco_files()), ("yolo", yolo_files())):
         root = write_files(tmp_path / layout, files)
         report = check_dataset(root)
@@ -308,83 +204,3 @@ def test_many_problems_are_counted_not_listed(tmp_path: Path) -> None:
     report = check(tmp_path, files)
     assert len(report["errors"]) == MAX_LISTED_PROBLEMS
     assert report["omitted_errors"] == 30
-
-
-# -- archives -----------------------------------------------------------------------------------
-
-
-def test_extracts_and_finds_a_wrapper_folder(tmp_path: Path) -> None:
-    data = zip_bytes({**coco_files(), "__MACOSX/._x": b"junk"}, prefix="mydata/")
-    extract_zip(io.BytesIO(data), tmp_path / "out")
-    root = find_dataset_root(tmp_path / "out")
-    assert root == tmp_path / "out" / "mydata"
-    assert not (tmp_path / "out" / "__MACOSX").exists()
-    report = check_dataset(root, display_root=tmp_path / "out")
-    assert report.ok
-    assert find_dataset_root(write_files(tmp_path / "flat", coco_files())) == tmp_path / "flat"
-
-
-@pytest.mark.parametrize(
-    ("member", "expected"),
-    [
-        (zipfile.ZipInfo("../evil.txt"), "contains '..'"),
-        (zipfile.ZipInfo("images/../../evil.txt"), "contains '..'"),
-        (zipfile.ZipInfo("/etc/evil.txt"), "absolute path"),
-        (zipfile.ZipInfo("C:/evil.txt"), "absolute path"),
-        (zipfile.ZipInfo("images\\..\\evil.txt"), "backslashes"),
-        (symlink_member(), "symbolic link"),
-    ],
-)
-def test_unsafe_members_are_refused(tmp_path: Path, member: zipfile.ZipInfo, expected: str) -> None:
-    with pytest.raises(DatasetError, match=expected):
-        extract_zip(io.BytesIO(zip_with_member(member, b"x")), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    assert not (tmp_path / "evil.txt").exists()
-
-
-def test_special_files_and_duplicates_are_refused(tmp_path: Path) -> None:
-    fifo = zipfile.ZipInfo("images/train/pipe")
-    fifo.create_system = 3
-    fifo.external_attr = (stat.S_IFIFO | 0o644) << 16
-    with pytest.raises(DatasetError, match="not a regular file"):
-        extract_zip(io.BytesIO(zip_with_member(fifo, b"")), tmp_path / "a")
-    duplicate = zipfile.ZipInfo("classes.txt")
-    with pytest.warns(UserWarning, match="Duplicate name"):
-        data = zip_with_member(duplicate, b"x", files=yolo_files())
-    with pytest.raises(DatasetError, match="appears twice"):
-        extract_zip(io.BytesIO(data), tmp_path / "b")
-
-
-def test_zip_bombs_are_refused(tmp_path: Path) -> None:
-    bomb = zip_bytes({**coco_files(), "images/train/zeros.bin": bytes(20 << 20)})
-    with pytest.raises(DatasetError, match="possible zip bomb"):
-        extract_zip(io.BytesIO(bomb), tmp_path / "a")
-    many_small = zip_bytes({f"f{i}.txt": bytes(100_000) for i in range(30)})
-    with pytest.raises(DatasetError, match="possible zip bomb"):
-        extract_zip(io.BytesIO(many_small), tmp_path / "b")
-    with pytest.raises(DatasetError, match="more than the limit of 1000"):
-        extract_zip(
-            io.BytesIO(zip_bytes(coco_files())),
-            tmp_path / "c",
-            ArchiveLimits(max_total_bytes=1000),
-        )
-    with pytest.raises(DatasetError, match="holds 5 entries, more than the limit of 3"):
-        extract_zip(io.BytesIO(zip_bytes(coco_files())), tmp_path / "d", ArchiveLimits(3))
-    assert not any(tmp_path.iterdir())
-
-
-def test_member_larger_than_declared_is_refused(tmp_path: Path) -> None:
-    data = bytearray(zip_bytes({"a.txt": b"x" * 5000}, prefix=""))
-    # Lower the declared size in the central directory: extraction must not trust it.
-    central = data.rfind(b"PK\x01\x02")
-    data[central + 24 : central + 28] = (100).to_bytes(4, "little")
-    with pytest.raises(DatasetError, match=r"a\.txt"):
-        extract_zip(io.BytesIO(bytes(data)), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_not_a_zip(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="not a readable zip archive"):
-        extract_zip(io.BytesIO(b"GIF89a not a zip at all" * 10), tmp_path / "out")
-    with pytest.raises(DatasetError, match="empty"):
-        extract_zip(io.BytesIO(zip_bytes({})), tmp_path / "out")

@@ -1,16 +1,15 @@
-"""Comparisons of arms over seeds: paired statistics, verdicts in words, a table and a plot.
+"""Comparisons of arms over seeds: paired statistics, verdicts in words and a table.
 
-Imported by the API process, which never imports torch: this module needs only numpy, scipy
-(imported when a summary is computed) and matplotlib (imported when a plot is drawn). Metric
-values are fractions in [0, 1], as COCOeval gives them; tables and verdicts show them x100
-("AP points"). The statistics are defined in ``docs/comparisons.md``.
+Imported by the API process, which never imports torch: this module needs only numpy and
+scipy (imported when a summary is computed). Metric values are fractions in [0, 1], as
+COCOeval gives them; tables and verdicts show them x100 ("AP points"). The statistics are
+defined in ``docs/comparisons.md``.
 """
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -376,172 +375,6 @@ def _left_out_notes(summary: ComparisonSummary) -> list[str]:
             which = "all metrics" if len(metrics) == len(summary.per_metric) else ", ".join(metrics)
             notes.append(f"seed {seed} left out of {arm} - {summary.reference} ({which}): {reason}")
     return notes
-
-
-def plot_comparison(
-    summary: ComparisonSummary,
-    curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]] | None,
-    path_or_file: str | os.PathLike[str] | BinaryIO,
-) -> None:
-    """Writes a PNG: the headline metric per seed per arm (lines join a seed across arms), the
-    paired differences per metric with CIs, and with ``curves`` the learning curves per arm.
-
-    ``curves[arm]`` holds one dict per seed with ``iteration`` and ``loss`` lists and
-    optionally ``val_iteration`` and ``val_AP``. Missing seeds, arms or curves are skipped.
-    """
-    # The Agg canvas on a bare Figure: no pyplot, so no global backend or figure state is
-    # touched in the process that imports this (the API serves plots from several threads).
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    has_curves = curves is not None and any(
-        len(run.get(key, ()))
-        for arm in summary.arms
-        for run in curves.get(arm, ())
-        for key in ("iteration", "val_iteration")
-    )
-    fig = Figure(figsize=(13, 9.5 if has_curves else 5), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2 if has_curves else 1, 2, squeeze=False)
-    _plot_per_seed(axes[0][0], summary)
-    _plot_differences(axes[0][1], summary)
-    if curves is not None and has_curves:
-        _plot_curves(axes[1][0], axes[1][1], summary, curves)
-    fig.savefig(path_or_file, format="png", dpi=100)
-
-
-def _arm_colour(summary: ComparisonSummary, arm: str) -> str:
-    return f"C{summary.arms.index(arm) % 10}"
-
-
-def _plot_per_seed(ax: Any, summary: ComparisonSummary) -> None:
-    from matplotlib import colormaps
-
-    m = summary.per_metric[summary.headline]
-    x = np.arange(len(summary.arms))
-    seeds = sorted({s for arm in summary.arms for s in m.arms[arm].per_seed})
-    cmap = colormaps["viridis"]
-    for i, seed in enumerate(seeds):
-        # NaN breaks the line where an arm lacks this seed.
-        y = [100 * m.arms[arm].per_seed.get(seed, math.nan) for arm in summary.arms]
-        colour = cmap(i / max(1, len(seeds) - 1))
-        ax.plot(x, y, marker="o", color=colour, linewidth=1, alpha=0.8, label=f"seed {seed}")
-    for i, arm in enumerate(summary.arms):
-        s = m.arms[arm]
-        if s.mean is not None:
-            ax.errorbar(
-                i + 0.12, 100 * s.mean, yerr=None if s.std is None else 100 * s.std,
-                fmt="s", color="black", capsize=4, label="mean ± std" if i == 0 else None,
-            )  # fmt: skip
-    if not seeds:
-        ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xticks(x, summary.arms, rotation=15 if max(map(len, summary.arms)) > 10 else 0)
-    ax.set_xlim(-0.5, len(summary.arms) - 0.5)
-    ax.set_ylabel(f"{summary.headline} (points)")
-    ax.set_title(f"{summary.headline} per seed (a line joins one seed across arms)")
-    if seeds and len(seeds) <= 12:
-        ax.legend(fontsize="small")
-
-
-def _plot_differences(ax: Any, summary: ComparisonSummary) -> None:
-    others = [a for a in summary.arms if a != summary.reference]
-    metrics = list(summary.per_metric)
-    width = 0.7 / max(1, len(others))
-    ax.axhline(0, color="grey", linewidth=1)
-    for j, arm in enumerate(others):
-        xs, ys, low, high, xs_single, ys_single = [], [], [], [], [], []
-        for i, metric in enumerate(metrics):
-            d = summary.per_metric[metric].differences[arm]
-            if d.mean is None:
-                continue
-            x = i - 0.35 + width * (j + 0.5)
-            if d.ci is None:
-                xs_single.append(x)
-                ys_single.append(100 * d.mean)
-            else:
-                xs.append(x)
-                ys.append(100 * d.mean)
-                low.append(100 * (d.mean - d.ci[0]))
-                high.append(100 * (d.ci[1] - d.mean))
-        colour = _arm_colour(summary, arm)
-        if xs:
-            ax.errorbar(xs, ys, yerr=[low, high], fmt="o", color=colour, capsize=4, label=arm)
-        if xs_single:  # one pair: no interval
-            ax.plot(xs_single, ys_single, "o", mfc="none", color=colour,
-                    label=f"{arm} (1 pair, no CI)")  # fmt: skip
-    ax.set_xticks(range(len(metrics)), metrics)
-    ax.set_xlim(-0.5, len(metrics) - 0.5)
-    ax.set_ylabel(f"points (x100), arm - {summary.reference}")
-    ax.set_title(f"paired difference vs {summary.reference}, {summary.confidence * 100:g}% CI")
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize="small")
-    else:
-        ax.text(0.5, 0.5, "no paired seeds yet", ha="center", va="center", transform=ax.transAxes)
-
-
-def _plot_curves(
-    ax_loss: Any,
-    ax_val: Any,
-    summary: ComparisonSummary,
-    curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
-) -> None:
-    plotted = {"loss": False, "val": False}
-    positive = True
-    for arm in summary.arms:
-        colour = _arm_colour(summary, arm)
-        series = {
-            "loss": [_series(run, "iteration", "loss") for run in curves.get(arm, ())],
-            "val": [_series(run, "val_iteration", "val_AP") for run in curves.get(arm, ())],
-        }
-        for key, ax, scale in (("loss", ax_loss, 1.0), ("val", ax_val, 100.0)):
-            runs = [(x, y * scale) for x, y in series[key] if len(x)]
-            if not runs:
-                continue
-            for x, y in runs:
-                ax.plot(x, y, color=colour, linewidth=0.5, alpha=0.35)
-            grid, mean = _mean_curve(runs)
-            marker = "o" if key == "val" else None
-            ax.plot(grid, mean, color=colour, linewidth=1.8, marker=marker, label=arm)
-            plotted[key] = True
-            if key == "loss":
-                positive = positive and bool(np.all(mean > 0))
-    if plotted["loss"] and positive:
-        ax_loss.set_yscale("log")
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_title("training loss: mean over seeds (thin: each seed)")
-    if plotted["loss"]:
-        ax_loss.legend(fontsize="small")
-    ax_val.set_xlabel("iteration")
-    ax_val.set_ylabel("AP (points)")
-    ax_val.set_title("validation AP: mean over seeds (thin: each seed)")
-    if plotted["val"]:
-        ax_val.legend(fontsize="small")
-    else:
-        ax_val.text(0.5, 0.5, "no validation curves", ha="center", va="center",
-                    transform=ax_val.transAxes)  # fmt: skip
-
-
-def _series(run: Mapping[str, Sequence[float]], x_key: str, y_key: str) -> tuple[Any, Any]:
-    """``(x, y)`` sorted by x, finite points only."""
-    x = np.asarray(run.get(x_key, ()), dtype=float)
-    y = np.asarray(run.get(y_key, ()), dtype=float)
-    if len(x) != len(y):
-        raise ValueError(f"curve has {len(x)} {x_key} values but {len(y)} {y_key} values")
-    keep = np.isfinite(x) & np.isfinite(y)
-    order = np.argsort(x[keep], kind="stable")
-    return x[keep][order], y[keep][order]
-
-
-def _mean_curve(runs: list[tuple[Any, Any]]) -> tuple[Any, Any]:
-    """Mean over seeds on the union of their iterations; a seed counts only inside its own
-    range (a failed seed stops early and does not drag the mean after it stopped)."""
-    grid = np.unique(np.concatenate([x for x, _ in runs]))
-    stacked = np.full((len(runs), len(grid)), np.nan)
-    for k, (x, y) in enumerate(runs):
-        inside = (grid >= x[0]) & (grid <= x[-1])
-        stacked[k, inside] = np.interp(grid[inside], x, y)
-    counts = np.sum(~np.isnan(stacked), axis=0)
-    return grid, np.nansum(stacked, axis=0) / counts
 
 
 def _finite(value: float | None) -> float | None:

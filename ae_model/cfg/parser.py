@@ -1,0 +1,477 @@
+"""Parsing a cfg: darknet's defaults and checks per section, into a :class:`DarknetConfig`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ae_model.cfg.lexer import CfgError, RawSection, lex_cfg
+from ae_model.cfg.sections import (
+    ACTIVATIONS,
+    IOU_LOSSES,
+    LR_POLICIES,
+    SECTION_TYPES,
+    AvgpoolSection,
+    ConvolutionalSection,
+    DropoutSection,
+    MaxpoolSection,
+    NetOptions,
+    RegionSection,
+    ReorgSection,
+    RouteSection,
+    Section,
+    ShortcutSection,
+    UpsampleSection,
+    YoloSection,
+)
+from ae_model.cfg.table import LayerRow, layer_table
+
+# Keys every layer section may carry: read by the Assisted Excitation code, not by the parser.
+_ANY_LAYER_KEYS = frozenset({"assisted_excitation"})
+
+# Keys darknet knows that do not change the network built here (switches of darknet's own
+# trainer, memory and speed knobs); accepted without a warning, their raw values kept.
+_IGNORED_KEYS = {
+    "net": frozenset(
+        [
+            "min_crop",
+            "max_crop",
+            "blur",
+            "gaussian_noise",
+            "mixup",
+            "cutmix",
+            "max_chart_loss",
+            "optimized_memory",
+            "workspace_size_limit_MB",
+            "adam",
+            "B1",
+            "B2",
+            "eps",
+            "track",
+            "time_steps",
+            "augment_speed",
+            "sequential_subdivisions",
+            "init_sequential_subdivisions",
+            "try_fix_nan",
+            "loss_scale",
+            "dynamic_minibatch",
+            "learning_rate_min",
+            "sgdr_cycle",
+            "sgdr_mult",
+            "seed",
+            "resize_step",
+            "label_smooth_eps",
+            "inputs",
+            "max_batches_burn_in",
+            "num_sigmas",
+            "show_receptive_field",
+            "contrastive",
+        ]
+    ),
+    "yolo": frozenset(
+        [
+            "max",
+            "resize",
+            "nms_kind",
+            "beta_nms",
+            "counters_per_class",
+            "focal_loss",
+            "objectness_smooth",
+            "iou_thresh_kind",
+            "delta_normalizer",
+            "map",
+        ]
+    ),
+    "region": frozenset(["absolute", "max", "log", "sqrt", "map", "nms_kind", "beta_nms"]),
+}
+
+
+class SectionReader:
+    """Typed reads of one section's options with darknet's defaults; remembers what was read."""
+
+    def __init__(self, raw: RawSection, kind: str, source: str) -> None:
+        self.raw = raw
+        self.kind = kind
+        self.source = source
+        self.read: set[str] = set()
+
+    def where(self, key: str | None = None) -> str:
+        line = self.raw.option_lines.get(key, self.raw.line) if key else self.raw.line
+        return f"{self.source}:{line}"
+
+    def error(self, message: str, key: str | None = None) -> CfgError:
+        return CfgError(f"{self.where(key)}: [{self.kind}] {message}")
+
+    def get(self, key: str) -> str | None:
+        self.read.add(key)
+        return self.raw.options.get(key)
+
+    def text(self, key: str, default: str) -> str:
+        value = self.get(key)
+        return default if value is None else value
+
+    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
+        value = self.get(key)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise self.error(f"{key}={value}: expected an integer", key) from None
+        if minimum is not None and number < minimum:
+            raise self.error(f"{key}={value}: expected an integer >= {minimum}", key)
+        return number
+
+    def number(self, key: str, default: float) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        try:
+            return float(value)
+        except ValueError:
+            raise self.error(f"{key}={value}: expected a number", key) from None
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        return self.integer(key, int(default)) != 0
+
+    def _items(self, key: str) -> list[str]:
+        value = self.get(key)
+        if value is None:
+            return []
+        # darknet counts commas, so a trailing comma is harmless there too.
+        items = value.removesuffix(",").split(",")
+        if any(not item for item in items):
+            raise self.error(f"{key}={value}: empty item in a comma-separated list", key)
+        return items
+
+    def integers(self, key: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(item) for item in self._items(key))
+        except ValueError:
+            raise self.error(
+                f"{key}={self.raw.options[key]}: expected integers, separated by commas", key
+            ) from None
+
+    def numbers(self, key: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(item) for item in self._items(key))
+        except ValueError:
+            raise self.error(
+                f"{key}={self.raw.options[key]}: expected numbers, separated by commas", key
+            ) from None
+
+    def activation(self, default: str) -> str:
+        name = self.text("activation", default)
+        if name not in ACTIVATIONS:
+            raise self.error(
+                f"activation={name}: expected one of {', '.join(sorted(ACTIVATIONS))}",
+                "activation",
+            )
+        return name
+
+    def reject(self, key: str, default: str) -> None:
+        """Refuse a darknet feature not built here, rather than silently building another net."""
+        value = self.get(key)
+        if value is not None and value != default:
+            raise self.error(f"{key}={value} is not supported by aetrain (only {default})", key)
+
+    def unknown_keys(self) -> list[str]:
+        """A warning per key that no read asked for and darknet's own keys do not explain."""
+        known = self.read | _ANY_LAYER_KEYS | _IGNORED_KEYS.get(self.kind, frozenset())
+        unknown = sorted(self.raw.options.keys() - known, key=self.raw.option_lines.__getitem__)
+        return [
+            f"{self.where(key)}: unknown key '{key}' in [{self.kind}] ignored" for key in unknown
+        ]
+
+    def layer_index(self, key: str, value: int, index: int) -> int:
+        """Resolve darknet's relative (negative) layer index; it must name an earlier layer."""
+        target = index + value if value < 0 else value
+        if not 0 <= target < index:
+            raise self.error(
+                f"{key}={self.raw.options[key]}: {value} refers to layer {target}, but this is "
+                f"layer {index}, so only layers 0..{index - 1} can be used",
+                key,
+            )
+        return target
+
+
+def _anchors(r: SectionReader, num: int) -> tuple[tuple[float, float], ...]:
+    values = r.numbers("anchors")
+    if len(values) != 2 * num:
+        raise r.error(
+            f"anchors= has {len(values)} numbers but num={num} needs {2 * num} "
+            "(a width,height pair per anchor)",
+            "anchors" if values else None,
+        )
+    return tuple(zip(values[::2], values[1::2], strict=True))
+
+
+def _parse_convolutional(r: SectionReader) -> dict[str, Any]:
+    size = r.integer("size", 1, minimum=1)
+    stride = r.integer("stride", 1, minimum=1)
+    pad = r.integer("pad", 0)
+    padding = r.integer("padding", 0, minimum=0)
+    groups = r.integer("groups", 1, minimum=1)
+    filters = r.integer("filters", 1, minimum=1)
+    if filters % groups:
+        raise r.error(f"filters={filters} is not divisible by groups={groups}", "filters")
+    for key in ("antialiasing", "binary", "xnor"):
+        r.reject(key, "0")
+    return {
+        "filters": filters,
+        "size": size,
+        "stride_x": r.integer("stride_x", stride, minimum=1),
+        "stride_y": r.integer("stride_y", stride, minimum=1),
+        "padding": size // 2 if pad else padding,
+        # darknet ignores dilation for 1x1 kernels.
+        "dilation": 1 if size == 1 else r.integer("dilation", 1, minimum=1),
+        "groups": groups,
+        "batch_normalize": r.flag("batch_normalize"),
+        "activation": r.activation("logistic"),
+    }
+
+
+def _parse_maxpool(r: SectionReader) -> dict[str, Any]:
+    stride = r.integer("stride", 1, minimum=1)
+    size = r.integer("size", stride, minimum=1)
+    for key in ("maxpool_depth", "antialiasing"):
+        r.reject(key, "0")
+    return {
+        "size": size,
+        "stride_x": r.integer("stride_x", stride, minimum=1),
+        "stride_y": r.integer("stride_y", stride, minimum=1),
+        "padding": r.integer("padding", size - 1, minimum=0),
+    }
+
+
+def _parse_upsample(r: SectionReader) -> dict[str, Any]:
+    return {"stride": r.integer("stride", 2, minimum=1), "scale": r.number("scale", 1.0)}
+
+
+def _parse_route(r: SectionReader, index: int) -> dict[str, Any]:
+    layers = r.integers("layers")
+    if not layers:
+        raise r.error("needs layers= (the layers to concatenate)")
+    groups = r.integer("groups", 1, minimum=1)
+    group_id = r.integer("group_id", 0, minimum=0)
+    if group_id >= groups:
+        raise r.error(
+            f"group_id={group_id}: expected 0..{groups - 1} for groups={groups}", "group_id"
+        )
+    return {
+        "layers": tuple(r.layer_index("layers", value, index) for value in layers),
+        "groups": groups,
+        "group_id": group_id,
+    }
+
+
+def _parse_shortcut(r: SectionReader, index: int) -> dict[str, Any]:
+    sources = r.integers("from")
+    if len(sources) != 1:
+        raise r.error("needs from= with exactly one layer", "from" if sources else None)
+    for key in ("weights_type", "weights_normalization"):
+        r.reject(key, "none")
+    return {
+        "from_layer": r.layer_index("from", sources[0], index),
+        "activation": r.activation("linear"),
+    }
+
+
+def _parse_reorg(r: SectionReader) -> dict[str, Any]:
+    for key in ("reverse", "flatten", "extra"):
+        r.reject(key, "0")
+    return {"stride": r.integer("stride", 1, minimum=1)}
+
+
+def _parse_dropout(r: SectionReader) -> dict[str, Any]:
+    probability = r.number("probability", 0.5)
+    if not 0.0 <= probability < 1.0:
+        raise r.error(f"probability={probability}: expected 0 <= p < 1", "probability")
+    r.reject("dropblock", "0")
+    return {"probability": probability}
+
+
+def _parse_yolo(r: SectionReader) -> dict[str, Any]:
+    classes = r.integer("classes", 20, minimum=1)
+    num = r.integer("num", 1, minimum=1)
+    mask = r.integers("mask") or tuple(range(num))
+    if any(not 0 <= m < num for m in mask):
+        raise r.error(f"mask={r.raw.options['mask']}: expected anchor indices 0..{num - 1}", "mask")
+    iou_loss = r.text("iou_loss", "mse")
+    if iou_loss not in IOU_LOSSES:
+        raise r.error(
+            f"iou_loss={iou_loss}: expected one of {', '.join(sorted(IOU_LOSSES))}", "iou_loss"
+        )
+    r.reject("new_coords", "0")
+    return {
+        "classes": classes,
+        "num": num,
+        "mask": mask,
+        "anchors": _anchors(r, num),
+        "ignore_thresh": r.number("ignore_thresh", 0.5),
+        "truth_thresh": r.number("truth_thresh", 1.0),
+        "iou_thresh": r.number("iou_thresh", 1.0),
+        "scale_x_y": r.number("scale_x_y", 1.0),
+        "iou_loss": iou_loss,
+        "iou_normalizer": r.number("iou_normalizer", 0.75),
+        "cls_normalizer": r.number("cls_normalizer", 1.0),
+        "obj_normalizer": r.number("obj_normalizer", 1.0),
+        "max_delta": r.number("max_delta", float("inf")),
+        "label_smooth_eps": r.number("label_smooth_eps", 0.0),
+        "random": r.number("random", 0.0),
+        "jitter": r.number("jitter", 0.2),
+    }
+
+
+def _parse_region(r: SectionReader) -> dict[str, Any]:
+    num = r.integer("num", 1, minimum=1)
+    coords = r.integer("coords", 4)
+    if coords != 4:
+        raise r.error(f"coords={coords} is not supported (only 4)", "coords")
+    for key in ("tree", "background"):
+        r.reject(key, "0")
+    return {
+        "classes": r.integer("classes", 20, minimum=1),
+        "coords": coords,
+        "num": num,
+        "anchors": _anchors(r, num),
+        "softmax": r.flag("softmax"),
+        "rescore": r.flag("rescore"),
+        "bias_match": r.flag("bias_match"),
+        "object_scale": r.number("object_scale", 1.0),
+        "noobject_scale": r.number("noobject_scale", 1.0),
+        "class_scale": r.number("class_scale", 1.0),
+        "coord_scale": r.number("coord_scale", 1.0),
+        "thresh": r.number("thresh", 0.5),
+        "random": r.number("random", 0.0),
+        "jitter": r.number("jitter", 0.2),
+    }
+
+
+def _parse_net(r: SectionReader) -> NetOptions:
+    policy = r.text("policy", "constant")
+    if policy not in LR_POLICIES:
+        raise r.error(
+            f"policy={policy}: expected one of {', '.join(sorted(LR_POLICIES))}", "policy"
+        )
+    steps, scales = r.integers("steps"), r.numbers("scales")
+    if policy == "steps" and (not steps or len(steps) != len(scales)):
+        raise r.error(
+            f"policy=steps needs steps= and as many scales= (got {len(steps)} steps, "
+            f"{len(scales)} scales)",
+            "steps",
+        )
+    net = NetOptions(
+        options=dict(r.raw.options),
+        line=r.raw.line,
+        batch=r.integer("batch", 1, minimum=1),
+        subdivisions=r.integer("subdivisions", 1, minimum=1),
+        width=r.integer("width", 0),
+        height=r.integer("height", 0),
+        channels=r.integer("channels", 0),
+        momentum=r.number("momentum", 0.9),
+        decay=r.number("decay", 0.0001),
+        learning_rate=r.number("learning_rate", 0.001),
+        burn_in=r.integer("burn_in", 0, minimum=0),
+        power=r.number("power", 4.0),
+        max_batches=r.integer("max_batches", 0, minimum=0),
+        policy=policy,
+        step=r.integer("step", 1),
+        scale=r.number("scale", 1.0),
+        gamma=r.number("gamma", 1.0),
+        steps=steps,
+        scales=scales,
+        angle=r.number("angle", 0.0),
+        aspect=r.number("aspect", 1.0),
+        saturation=r.number("saturation", 1.0),
+        exposure=r.number("exposure", 1.0),
+        hue=r.number("hue", 0.0),
+        flip=r.flag("flip", True),
+        mosaic=r.flag("mosaic"),
+        letter_box=r.flag("letter_box"),
+    )
+    if min(net.width, net.height, net.channels) < 1:
+        raise r.error("needs width=, height= and channels= (the network input size)")
+    return net
+
+
+_LAYER_PARSERS = {
+    "convolutional": (ConvolutionalSection, _parse_convolutional),
+    "maxpool": (MaxpoolSection, _parse_maxpool),
+    "avgpool": (AvgpoolSection, lambda r: {}),
+    "upsample": (UpsampleSection, _parse_upsample),
+    "reorg": (ReorgSection, _parse_reorg),
+    "dropout": (DropoutSection, _parse_dropout),
+    "yolo": (YoloSection, _parse_yolo),
+    "region": (RegionSection, _parse_region),
+}
+_INDEXED_PARSERS = {
+    "route": (RouteSection, _parse_route),
+    "shortcut": (ShortcutSection, _parse_shortcut),
+}
+
+
+@dataclass(frozen=True)
+class DarknetConfig:
+    """A parsed cfg: ``net`` options and one ``Section`` per darknet layer, in order.
+
+    ``warnings`` are the lines accepted without effect (unknown and repeated keys), each
+    naming the file and line; they belong to this parse alone.
+    """
+
+    source: str
+    text: str
+    net: NetOptions
+    sections: tuple[Section, ...]
+    warnings: tuple[str, ...]
+
+    def layer_table(self, width: int | None = None, height: int | None = None) -> list[LayerRow]:
+        """Darknet's layer table at an input of ``width x height`` (default: the cfg's size)."""
+        return layer_table(self, width, height)
+
+
+def parse_cfg(text: str, source: str = "<cfg>") -> DarknetConfig:
+    """Parse cfg text; ``source`` names the file in errors and warnings.
+
+    Raises ``CfgError`` on unknown sections, bad values, references to missing layers and
+    shapes that do not fit (checked at the cfg's own width and height).
+    """
+    raw_sections, warnings = lex_cfg(text, source)
+    if not raw_sections or SECTION_TYPES.get(raw_sections[0].name) != "net":
+        line = raw_sections[0].line if raw_sections else 1
+        raise CfgError(f"{source}:{line}: the first section must be [net] (or [network])")
+    net_reader = SectionReader(raw_sections[0], "net", source)
+    net = _parse_net(net_reader)
+    warnings += net_reader.unknown_keys()
+    sections: list[Section] = []
+    for index, raw in enumerate(raw_sections[1:]):
+        kind = SECTION_TYPES.get(raw.name)
+        if kind is None or kind == "net":
+            supported = ", ".join(f"[{name}]" for name in sorted(set(SECTION_TYPES.values())))
+            what = "a second [net]" if kind else f"unknown section [{raw.name}]"
+            raise CfgError(f"{source}:{raw.line}: {what}; expected one of {supported}")
+        reader = SectionReader(raw, kind, source)
+        if kind in _INDEXED_PARSERS:
+            cls, parse_indexed = _INDEXED_PARSERS[kind]
+            values = parse_indexed(reader, index)
+        else:
+            cls, parse = _LAYER_PARSERS[kind]
+            values = parse(reader)
+        warnings += reader.unknown_keys()
+        common = {"type": kind, "options": dict(raw.options), "line": raw.line, "source": source}
+        sections.append(cls(**common, index=index, **values))
+    if not sections:
+        raise CfgError(f"{source}: the cfg has a [net] section but no layers")
+    config = DarknetConfig(
+        source=source, text=text, net=net, sections=tuple(sections), warnings=tuple(warnings)
+    )
+    config.layer_table()  # shape errors surface here, naming their line
+    return config
+
+
+def load_cfg(path: str | os.PathLike[str]) -> DarknetConfig:
+    """Read and parse a cfg file (UTF-8, a byte order mark is skipped)."""
+    path = Path(path)
+    return parse_cfg(path.read_text(encoding="utf-8-sig"), str(path))
