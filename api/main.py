@@ -1,4 +1,8 @@
-"""The FastAPI application. Never imports torch: model work happens in the worker."""
+"""The FastAPI application, made by :func:`create_app` (``uvicorn --factory api.main:create_app``).
+
+Importing this module builds nothing and touches no file; the app connects to the database and
+the broker when it starts. Never imports torch: model work happens in the worker.
+"""
 
 import asyncio
 import contextlib
@@ -12,18 +16,20 @@ from fastapi import FastAPI
 from ae_model import __version__
 from api.auth import VerifiedKeys
 from api.cache import BodyCache
+from api.core.broker import create_celery
 from api.core.db import make_engine, make_session_factory
 from api.core.settings import Settings, get_settings
 from api.deps import POOL_SIZE, STREAM_POLLS
 from api.metric_pages import SettledRowsCache
 from api.migrate import check_up_to_date
 from api.reaper import reap_forever
-from api.routes import comparisons, datasets, health, jobs, models
-from worker.celery_app import create_celery
+from api.routes import comparisons, datasets, health, jobs, models, service_error_response
+from api.services.errors import ServiceError
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app for ``settings`` (the environment's when None).
+    """The app for ``settings`` (the environment's when None): its database engine, broker
+    producer and reaper are made at start-up.
 
     Refuses to start on a database that is not migrated to the code's schema.
     """
@@ -71,13 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    app.add_exception_handler(ServiceError, service_error_response)
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(jobs.router)
     app.include_router(comparisons.router)
     return app
-
-
-# For `uvicorn api.main:app`: configured from the environment, connected at startup.
-app = create_app()

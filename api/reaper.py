@@ -13,9 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core import jobstore as job_ops
+from api.core.broker import send_train_task, waiting_tasks
 from api.core.db.models import Job
 from api.core.settings import Settings
-from worker.celery_app import send_train_task, waiting_tasks
 
 log = logging.getLogger(__name__)
 

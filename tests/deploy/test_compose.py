@@ -4,6 +4,7 @@ import importlib
 from pathlib import Path
 
 import yaml
+from fastapi import FastAPI
 
 from tests.conftest import REPO_ROOT
 
@@ -39,10 +40,14 @@ def test_build_and_commands_point_at_real_files() -> None:
     services = _compose()["services"]
     build = services["migrate"]["build"]
     assert (REPO_ROOT / build["context"] / build["dockerfile"]).is_file()
-    module, attr = services["api"]["command"][1].split(":")
-    assert hasattr(importlib.import_module(module), attr)
+    # uvicorn calls the app factory: importing api.main builds no app.
+    api = services["api"]["command"]
+    assert api[:2] == ["uvicorn", "--factory"]
+    module, attr = api[2].split(":")
+    assert isinstance(getattr(importlib.import_module(module), attr)(), FastAPI)
+    # Celery's -A looks up the module's `app`, which it builds on first use.
     assert services["worker"]["command"][:3] == ["celery", "-A", "worker.celery_app"]
-    importlib.import_module("worker.celery_app")
+    assert callable(importlib.import_module("worker.celery_app").create_worker_app)
 
 
 def test_dockerfile_copies_every_package() -> None:

@@ -1,6 +1,7 @@
 """Migrations apply to an empty database on both engines, and the head check tells what to run."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from alembic import command
@@ -73,7 +74,9 @@ def _sent_at_backfill(url: str) -> None:
         upgrade(url)
         sent_at = column("sent_at", at)
         with engine.connect() as conn:
-            sent = dict(conn.execute(select(jobs.c.id, sent_at).select_from(jobs)).all())
+            sent: dict[int, Any] = dict(
+                conn.execute(select(jobs.c.id, sent_at).select_from(jobs)).all()
+            )
         assert sent[2] is None
         queued_sent = sent[1] if sent[1].tzinfo else sent[1].replace(tzinfo=UTC)  # SQLite: naive
         assert queued_sent == CREATED

@@ -1,14 +1,19 @@
 """A real Celery worker process answers through a real broker: Redis, and the server-less
-file-system broker of the embedded default."""
+file-system broker of the embedded default. The API's producer app and the worker's app share
+one configuration; only the worker's registers tasks."""
 
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from api.core.broker import TRAIN_TASK, create_celery
 from api.core.settings import Settings
 from tests.conftest import REPO_ROOT, start_worker, stop_worker
-from worker.celery_app import create_celery
+from worker.celery_app import create_worker_app
 
 
 def _round_trip(env: dict[str, str], settings: Settings, tmp_path: Path) -> None:
@@ -49,3 +54,34 @@ def test_ping_through_embedded_filesystem_broker(tmp_path: Path) -> None:
     # Every broker file stays under AETRAIN_HOME, none in the worker's working directory.
     assert not (REPO_ROOT / "control").exists()
     assert (tmp_path / "home" / "broker" / "control").is_dir()
+
+
+def test_producer_and_worker_share_the_configuration_and_only_the_worker_has_tasks(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(home=tmp_path / "home", broker_url=None)
+    producer, worker = create_celery(settings), create_worker_app(settings)
+    # The producer imports no task module (it sends tasks by name); the worker its own.
+    assert producer.conf.table() == {**worker.conf.table(), "include": []}
+    worker.loader.import_default_modules()
+    assert TRAIN_TASK in worker.tasks
+    for name in ("queue", "processed", "control"):  # made by the factory, for both sides
+        assert (tmp_path / "home" / "broker" / name).is_dir()
+
+
+def test_celery_finds_the_worker_app_that_the_module_builds_on_first_use(tmp_path: Path) -> None:
+    # How `celery -A worker.celery_app` finds the app, in a fresh interpreter.
+    code = (
+        "import pathlib, sys\n"
+        "import worker.celery_app\n"
+        "home = pathlib.Path(sys.argv[1])\n"
+        "assert not home.exists(), 'importing made the broker folders'\n"
+        "from celery.app.utils import find_app\n"
+        "app = find_app('worker.celery_app')\n"
+        "assert app is worker.celery_app.app and list(app.conf.include) == ['worker.tasks']\n"
+        "assert (home / 'broker' / 'queue').is_dir()\n"
+    )
+    env = {**os.environ, "AETRAIN_HOME": str(tmp_path / "home"), "AETRAIN_BROKER_URL": ""}
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "home")], cwd=REPO_ROOT, env=env, check=True
+    )

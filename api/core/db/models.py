@@ -28,6 +28,8 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+# Row ids are 32-bit integers (PostgreSQL `integer`); a larger id names no row.
+MAX_ROW_ID = 2**31 - 1
 
 
 def utcnow() -> datetime:
@@ -82,6 +84,7 @@ class Dataset(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default="ready")
+    # Relative to the artifact root (datasets/3/pets): each process joins its own root.
     path: Mapped[str] = mapped_column(Text)
     class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
     num_train: Mapped[int] = mapped_column(Integer, default=0)
@@ -197,5 +200,6 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    # Relative to the artifact root (jobs/12/last.pt): each process joins its own root.
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

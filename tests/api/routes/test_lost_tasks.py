@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 
+from api.core.broker import send_train_task
 from tests.api.routes.conftest import (
     TINY_TRAIN,
     require_local_redis,
@@ -16,14 +17,13 @@ from tests.api.routes.conftest import (
 )
 from tests.api.routes.test_jobs import _wait
 from tests.conftest import start_worker, stop_worker
-from worker.celery_app import send_train_task
 
 # Long enough that the task is not sent again before Redis has restarted.
 REQUEUE_AFTER_S = 8
 
 
 def _log(service: dict[str, Any], url: str) -> list[str]:
-    events = service["client"].get(f"{url}/log", headers=service["auth"]).json()
+    events = service["client"].get(f"{url}/log", headers=service["auth"]).json()["data"]
     return [event["message"] for event in events]
 
 

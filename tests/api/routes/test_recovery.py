@@ -6,9 +6,9 @@ import signal
 import time
 from typing import Any
 
+from api.core.broker import send_train_task
 from tests.api.routes.conftest import TINY_TRAIN
 from tests.api.routes.test_jobs import _wait
-from worker.celery_app import send_train_task
 
 
 def test_sigkilled_worker_job_resumes_from_its_checkpoint(service: dict[str, Any]) -> None:
@@ -25,7 +25,8 @@ def test_sigkilled_worker_job_resumes_from_its_checkpoint(service: dict[str, Any
 
     job = _wait(client, url, auth, checkpointed, 120)
     assert job["state"] == "running", job
-    checkpoint = {c["name"]: c for c in client.get(f"{url}/checkpoints", headers=auth).json()}
+    listed = client.get(f"{url}/checkpoints", headers=auth).json()["data"]
+    checkpoint = {c["name"]: c for c in listed}
     assert checkpoint["last"]["iteration"] >= 20
     # The worker's child process that runs the job dies without a word.
     pid = int(job["worker"].rsplit(":", 1)[1])
@@ -36,7 +37,7 @@ def test_sigkilled_worker_job_resumes_from_its_checkpoint(service: dict[str, Any
     assert done["state"] == "succeeded", (done, service["log"].read_text()[-3000:])
     assert done["attempt"] == 2 and done["worker"] != job["worker"]
     assert time.monotonic() - killed_at < 120
-    log = [e["message"] for e in client.get(f"{url}/log", headers=auth).json()]
+    log = [e["message"] for e in client.get(f"{url}/log", headers=auth).json()["data"]]
     assert any("re-queued for attempt 2 of 3" in m for m in log), log
 
     steps = [
@@ -61,5 +62,6 @@ def test_a_task_delivered_twice_trains_once(service: dict[str, Any]) -> None:
     ):
         assert time.monotonic() < deadline, service["log"].read_text()[-3000:]
         time.sleep(0.25)
-    log = [e["message"] for e in client.get(f"/v1/jobs/{job_id}/log", headers=auth).json()]
+    events = client.get(f"/v1/jobs/{job_id}/log", headers=auth).json()["data"]
+    log = [e["message"] for e in events]
     assert sum(m.startswith("claimed by") for m in log) == 1, log

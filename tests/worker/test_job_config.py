@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from api.core.job_spec import JobCreate
-from worker.training import train_config
+from api.core.model_refs import ModelCfg, bundled_model
+from worker.job_config import train_config
 
 
 def test_every_train_field_of_the_spec_reaches_the_trainer(tmp_path: Path) -> None:
@@ -12,10 +13,18 @@ def test_every_train_field_of_the_spec_reaches_the_trainer(tmp_path: Path) -> No
         "world_size": 2, "workers": 0, "nan_rollbacks": 1, "nan_lr_factor": 0.5,
     }  # fmt: skip
     spec = JobCreate.model_validate({"model": "yolov3-tiny", "dataset_id": 1, "train": train})
-    config = train_config(spec, "yolov3-tiny", "data", tmp_path)
+    config = train_config(spec, bundled_model("yolov3-tiny"), tmp_path / "data", tmp_path)
     assert {name: getattr(config, name) for name in train} == train
     # Omitted: compile off, amp on, and the service's 2 loader processes (docs/api.md).
     default = train_config(
-        JobCreate.model_validate({"model": "yolov3-tiny", "dataset_id": 1}), "c", "d", tmp_path
-    )
+        JobCreate.model_validate({"model": "yolov3-tiny", "dataset_id": 1}),
+        bundled_model("yolov3-tiny"), tmp_path / "data", tmp_path,
+    )  # fmt: skip
     assert default.compile is False and default.amp is True and default.workers == 2
+
+
+def test_the_cfg_text_travels_in_cfg_text_under_its_name(tmp_path: Path) -> None:
+    spec = JobCreate.model_validate({"model": 7, "dataset_id": 1})
+    text = bundled_model("yolov3-tiny").text
+    config = train_config(spec, ModelCfg(name="mine", text=text), tmp_path / "d", tmp_path)
+    assert (config.cfg, config.cfg_text) == ("mine.cfg", text)
