@@ -18,8 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.cache import BodyCache, MemoryCache
-from api.core.db.models import TERMINAL_STATES, Checkpoint, Job, Metric
-from api.schemas import MAX_ROW_ID
+from api.core.db.models import MAX_ROW_ID, TERMINAL_STATES, Checkpoint, Job, Metric
 
 PageKey = tuple[int, int, str | None, int, int]
 """``(tenant_id, job_id, keys, since_step, limit)``: a page, as a tenant asks for it."""
@@ -65,15 +64,15 @@ def job_metrics_page(
 
     - A finished job's whole history is settled.
     - A worker stores a job's rows in step order, a step's rows before the next step's
-      (DatabaseHook flushes its buffer first in, first out, one transaction at a time), and a
-      resumed attempt re-writing a step logs the same keys, so it adds nothing (Metric is
-      unique per job, key and step). So unless the job may roll back, every step before the
-      newest one stored is settled: a full page is, and so are the first rows of a growing
-      page up to its last step (kept in ``growing``).
+      (worker.hooks.MetricsWriter flushes its buffer first in, first out, one transaction at
+      a time), and a resumed attempt re-writing a step logs the same keys, so it adds nothing
+      (Metric is unique per job, key and step). So unless the job may roll back, every step
+      before the newest one stored is settled: a full page is, and so are the first rows of a
+      growing page up to its last step (kept in ``growing``).
     - A job with ``train.nan_rollbacks`` > 0 may delete the steps after its latest checkpoint
-      and train them again (DatabaseHook.after_rollback). Its steps before that checkpoint
+      and train them again (MetricsWriter.after_rollback). Its steps before that checkpoint
       are settled: the worker stores them before it writes the checkpoint
-      (DatabaseHook.before_checkpoint), and a rollback goes back to that checkpoint or a
+      (MetricsWriter.before_checkpoint), and a rollback goes back to that checkpoint or a
       later one (workers share the artifact store); an evaluation at the checkpoint's own step
       can still add rows there, so only steps strictly before it count. Its later full pages
       hold until the next rollback, which bumps the job's ``metrics_version`` in the

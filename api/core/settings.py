@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     # micro-batch at the largest training size, weights, gradients and momentum (yolov3 at
     # 416 with its cfg's batch=64, subdivisions=16 and multi-scale: about 5 GiB).
     max_train_memory_gib: float = Field(default=80.0, gt=0)
+    # Dataset uploads: the request body, refused while it arrives; then what the zip may
+    # extract to (ae_model.data.archive.ArchiveLimits): bytes, members, and the compression
+    # ratio of a member (or the whole zip) over 1 MiB.
+    max_upload_bytes: int = Field(default=2 << 30, gt=0)
+    max_dataset_bytes: int = Field(default=8 << 30, gt=0)
+    max_dataset_files: int = Field(default=100_000, gt=0)
+    max_compression_ratio: float = Field(default=100.0, gt=1)
 
     @field_validator("home")
     @classmethod

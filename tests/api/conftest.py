@@ -2,10 +2,9 @@
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -15,7 +14,6 @@ from api.core.db.models import Checkpoint, Dataset, Job, Metric
 from api.core.settings import Settings
 from api.main import create_app
 from api.migrate import upgrade
-from api.routes.datasets import UploadLimits, get_upload_limits
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -58,16 +56,6 @@ def auth(settings: Settings) -> dict[str, str]:
 def other_auth(settings: Settings) -> dict[str, str]:
     """Headers of tenant "mallory", who must see nothing of alice's."""
     return _key(settings, "mallory")
-
-
-@pytest.fixture
-def limits(client: TestClient) -> Iterator[dict[str, Any]]:
-    """Upload limits for one test: ``limits.update(max_upload_bytes=...)`` before sending."""
-    values: dict[str, Any] = {}
-    app = cast(FastAPI, client.app)
-    app.dependency_overrides[get_upload_limits] = lambda: UploadLimits(**values)
-    yield values
-    app.dependency_overrides.pop(get_upload_limits, None)
 
 
 def ready_dataset(settings: Settings, tenant: str, **fields: Any) -> int:

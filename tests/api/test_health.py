@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -12,7 +14,7 @@ def test_health_reports_version(client: TestClient) -> None:
     assert response.json() == {"status": "ok", "version": __version__}
 
 
-def test_refuses_to_start_on_an_unmigrated_database(tmp_path: object) -> None:
-    settings = Settings(home=f"{tmp_path}/home", database_url=f"sqlite:///{tmp_path}/empty.db")
+def test_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path}/empty.db")
     with pytest.raises(RuntimeError, match="aetrain db upgrade"), TestClient(create_app(settings)):
         pass

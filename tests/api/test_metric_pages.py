@@ -9,8 +9,8 @@ from sqlalchemy import insert
 from api.core.db import Tenant, make_engine, make_session_factory
 from api.core.db.models import Job, Metric
 from api.core.settings import Settings
-from api.job_schemas import MetricsPage
 from api.metric_pages import SettledRows, build_page
+from api.schemas.jobs import MetricsPage
 from tests.api.conftest import running_job
 
 KEYS = ("a", "b", "c", "d")

@@ -73,7 +73,7 @@ def test_invalid_comparisons_name_the_field(service: dict[str, Any]) -> None:
         ({"base": base, "arms": [{"name": "a"}, {"name": "b", "train": {"batch": 0}}]}, "batch"),
         (
             {"base": base, "arms": [{"name": "a"}, {"name": "b", "ae": {"layers": 999}}]},
-            "layer 999",
+            "index 999",
         ),
         ({"base": base, "arms": [{"name": "a"}, {"name": "b"}], "seeds": []}, "seeds"),
     ]

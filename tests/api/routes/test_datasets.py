@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ae_model.dataset_check import check_dataset
+from ae_model.data.check import check_dataset
 from api.core.settings import Settings
-from tests.ae_model.test_dataset_check import (
+from tests.ae_model.data.dataset_files import (
     Files,
     coco_files,
     symlink_member,
@@ -100,14 +100,15 @@ def test_unsafe_or_unreadable_uploads_are_refused(
 
 
 def test_too_many_members_and_too_many_bytes(
-    client: TestClient, auth: dict[str, str], settings: Settings, limits: dict[str, Any]
+    client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
-    limits.update(max_dataset_files=3)
+    # The app's own settings object, read per request.
+    settings.max_dataset_files = 3
     response = upload(client, auth, zip_bytes(coco_files()))
     assert response.status_code == 422
     assert "holds 5 entries, more than the limit of 3" in response.json()["detail"]
-    limits.clear()
-    limits.update(max_dataset_bytes=1000)
+    settings.max_dataset_files = Settings.model_fields["max_dataset_files"].default
+    settings.max_dataset_bytes = 1000
     response = upload(client, auth, zip_bytes(coco_files()))
     assert response.status_code == 422
     assert "more than the limit of 1000" in response.json()["detail"]
@@ -115,9 +116,9 @@ def test_too_many_members_and_too_many_bytes(
 
 
 def test_oversize_upload_is_413(
-    client: TestClient, auth: dict[str, str], settings: Settings, limits: dict[str, Any]
+    client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
-    limits.update(max_upload_bytes=1000)
+    settings.max_upload_bytes = 1000
     data = zip_bytes(coco_files())
     assert len(data) > 1000
     response = upload(client, auth, data)
@@ -324,7 +325,7 @@ from api.core.db import make_engine, make_session_factory
 from api.main import create_app
 from api.migrate import upgrade
 from api.core.settings import Settings
-from tests.ae_model.test_dataset_check import coco_files, zip_bytes
+from tests.ae_model.data.dataset_files import coco_files, zip_bytes
 
 home = Path(sys.argv[1])
 url = f"sqlite:///{home / 'a.db'}"

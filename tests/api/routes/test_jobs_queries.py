@@ -11,8 +11,8 @@ from api.core import jobstore as job_ops
 from api.core.db import Tenant, make_engine, make_session_factory
 from api.core.db.models import Job, Metric
 from api.core.settings import Settings
-from api.job_schemas import MetricsPage
 from api.main import create_app
+from api.schemas.jobs import MetricsPage
 from tests.api.conftest import ready_dataset, running_job
 
 
@@ -114,7 +114,7 @@ def test_a_training_size_the_cfg_cannot_take_is_422_not_500(
     ):
         response = client.post(url, json=payload, headers=auth)
         assert response.status_code == 422, response.text
-        assert "at 32x32: small:" in response.text and "too small for size=3" in response.text
+        assert "at 32x32: small.cfg:" in response.text and "too small for size=3" in response.text
     assert client.get("/v1/jobs", headers=auth).json()["count"] == 0
 
 

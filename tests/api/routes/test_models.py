@@ -6,7 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ae_model.cfg import bundled_cfg_path, list_bundled_cfgs
-from api.schemas import DatasetGenerate, ModelCreate
+from api.schemas.datasets import DatasetGenerate
+from api.schemas.models import ModelCreate
 
 # The [net] of yolov3-tiny-small with one unknown key (a warning, not an error).
 TINY_CFG = (

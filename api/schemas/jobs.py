@@ -1,10 +1,17 @@
-"""Response schemas of jobs, their events, metrics and checkpoints."""
+"""Jobs, their events, metrics and checkpoints; what submitting one may answer besides 201."""
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from api.schemas import UtcDatetime
+from api.schemas.common import BAD_JSON, Page, UtcDatetime
+
+# Documented on the routes that submit jobs: a job, a comparison.
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **BAD_JSON,
+    429: {"description": "The tenant's jobs queued or running would pass AETRAIN_MAX_ACTIVE_JOBS."},
+    503: {"description": "The task broker is unreachable; the job is recorded as failed."},
+}
 
 
 class JobPublic(BaseModel):
@@ -31,11 +38,6 @@ class JobPublic(BaseModel):
     heartbeat_at: UtcDatetime | None
 
 
-class JobsPublic(BaseModel):
-    data: list[JobPublic]
-    count: int
-
-
 class JobEventPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -56,9 +58,9 @@ class MetricPublic(BaseModel):
     at: UtcDatetime
 
 
-class MetricsPage(BaseModel):
-    data: list[MetricPublic]
-    count: int
+class MetricsPage(Page[MetricPublic]):
+    """A page of a job's metric history, and where the next one starts."""
+
     next_since_step: int | None
     """Pass as ``since_step`` for the next page; None when this page reached the end."""
 

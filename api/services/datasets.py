@@ -1,0 +1,185 @@
+"""Datasets: uploaded as a zip and validated, or generated; stored under the artifact directory.
+
+A dataset is all or nothing: it is extracted and checked in a staging folder, and only a clean
+one (warnings allowed) becomes a row and ``artifacts/datasets/<id>/``. A rejected upload
+leaves neither behind.
+"""
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ae_model.data.archive import ArchiveLimits, DatasetError, extract_zip, find_dataset_root
+from ae_model.data.check import check_dataset
+from ae_model.data.synthetic import generate_dataset
+from api.core.db.models import MAX_ROW_ID, Dataset
+from api.core.settings import Settings
+from api.schemas.common import Page
+from api.schemas.datasets import DatasetGenerate, DatasetPublic, DatasetReport, SplitCounts
+from api.services.errors import Invalid, NotFound
+
+
+class DatasetHasErrors(Invalid):
+    """A dataset with errors: ``report`` lists every problem found."""
+
+    def __init__(self, detail: str, report: DatasetReport) -> None:
+        super().__init__(detail)
+        self.report = report
+
+
+def _archive_limits(settings: Settings) -> ArchiveLimits:
+    return ArchiveLimits(
+        max_members=settings.max_dataset_files,
+        max_total_bytes=settings.max_dataset_bytes,
+        max_ratio=settings.max_compression_ratio,
+    )
+
+
+def _name_from_file(filename: str | None) -> str:
+    """``pets.zip`` -> ``pets``; control characters dropped."""
+    stem = Path(filename or "").stem
+    return "".join(c for c in stem if c.isprintable())[:200] or "dataset"
+
+
+def _datasets_dir(settings: Settings) -> Path:
+    return settings.artifacts_dir / "datasets"
+
+
+def _staging_dir(settings: Settings) -> Path:
+    # Beside the final folders, so publishing is a rename on one file system.
+    return _datasets_dir(settings) / f".staging-{uuid.uuid4().hex}"
+
+
+def _publish(
+    session: Session,
+    settings: Settings,
+    staging: Path,
+    root: Path,
+    row: Dataset,
+) -> DatasetPublic:
+    """Insert ``row`` and move ``staging`` to ``datasets/<id>``; ``root`` is the dataset's top
+    folder inside ``staging``. On any failure neither the row nor the folder remains."""
+    session.add(row)
+    session.flush()
+    final = _datasets_dir(settings) / str(row.id)
+    try:
+        if final.exists():  # left by a crash before an id was reused; no row owns it
+            shutil.rmtree(final)
+        staging.rename(final)
+        folder = final / root.relative_to(staging)
+        # Relative to the artifact root: a worker finds it under its own mount of that root.
+        row.path = folder.relative_to(settings.artifacts_dir).as_posix()
+        session.commit()
+    except BaseException:
+        session.rollback()
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    return DatasetPublic.model_validate(row)
+
+
+def upload_dataset(
+    session: Session,
+    tenant_id: int,
+    settings: Settings,
+    archive: IO[bytes],
+    filename: str | None,
+    name: str | None,
+) -> DatasetPublic:
+    """Extract the zip ``archive`` within the settings' limits, check every file and store a
+    clean dataset named ``name`` (default: ``filename`` without ``.zip``). Invalid when the
+    zip is unsafe or unreadable, DatasetHasErrors when the dataset has errors."""
+    staging = _staging_dir(settings)
+    try:
+        try:
+            archive.seek(0)
+            extract_zip(archive, staging, _archive_limits(settings))
+        except DatasetError as error:
+            raise Invalid(str(error)) from None
+        root = find_dataset_root(staging)
+        report = check_dataset(root, display_root=staging)
+        public_report = DatasetReport.model_validate(report.as_dict())
+        if not report.ok:
+            raise DatasetHasErrors(
+                f"the dataset has {report.error_count} error(s), first: {report.errors[0]}; "
+                "fix them all (see report.errors) and upload again",
+                public_report,
+            )
+        counts = report.splits
+        row = Dataset(
+            tenant_id=tenant_id,
+            name=name or _name_from_file(filename),
+            status="ready",
+            path="",
+            class_names=report.class_names,
+            num_train=counts["train"].images,
+            num_val=counts["val"].images,
+            report=public_report.model_dump(mode="json"),
+        )
+        return _publish(session, settings, staging, root, row)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def generate(
+    session: Session, tenant_id: int, settings: Settings, spec: DatasetGenerate
+) -> DatasetPublic:
+    """Render and store the ``digits`` or ``shapes`` dataset ``spec`` asks for."""
+    staging = _staging_dir(settings)
+    try:
+        try:
+            info = generate_dataset(
+                spec.kind,
+                staging,
+                train=spec.train,
+                val=spec.val,
+                size=spec.size,
+                seed=spec.seed,
+                min_objects=spec.min_objects,
+                max_objects=spec.max_objects,
+                min_scale=spec.min_scale,
+                max_scale=spec.max_scale,
+            )
+        except ValueError as error:
+            raise Invalid(str(error)) from None
+        report = DatasetReport(
+            counts={
+                split: SplitCounts(layout="coco", images=s.num_images, objects=s.num_objects)
+                for split, s in info.splits.items()
+            },
+            generator=spec.model_dump(exclude={"name"}),
+        )
+        default_name = f"{spec.kind}-{spec.train}+{spec.val}-{spec.size}px-seed{spec.seed}"
+        row = Dataset(
+            tenant_id=tenant_id,
+            name=spec.name or default_name,
+            status="ready",
+            path="",
+            class_names=list(info.class_names),
+            num_train=info.splits["train"].num_images,
+            num_val=info.splits["val"].num_images,
+            report=report.model_dump(mode="json"),
+        )
+        return _publish(session, settings, staging, staging, row)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def list_datasets(session: Session, tenant_id: int, limit: int, offset: int) -> Page[DatasetPublic]:
+    """The tenant's datasets, newest first."""
+    mine = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    count = session.scalar(select(func.count()).select_from(mine.subquery())) or 0
+    rows = session.scalars(
+        mine.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return Page(data=[DatasetPublic.model_validate(r) for r in rows], count=count)
+
+
+def get_dataset(session: Session, tenant_id: int, dataset_id: int) -> DatasetPublic:
+    row = session.get(Dataset, dataset_id) if 0 < dataset_id <= MAX_ROW_ID else None
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return DatasetPublic.model_validate(row)

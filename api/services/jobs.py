@@ -1,0 +1,263 @@
+"""Jobs: checking a job's spec against the tenant's data and this server's budgets,
+submitting, listing, cancelling, and reading a job's log, new metrics and checkpoints."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ae_model.cfg import CfgError, DarknetConfig
+from ae_model.resolve import JobSettingsError, ResolvedTraining, resolve_training
+from api.budget import parameters_over_budget, training_step_memory
+from api.core import jobstore as job_ops
+from api.core.broker import send_train_task
+from api.core.db.models import (
+    MAX_ROW_ID,
+    TERMINAL_STATES,
+    Checkpoint,
+    Dataset,
+    Job,
+    JobEvent,
+    JobState,
+    Metric,
+    utcnow,
+)
+from api.core.job_spec import JobCreate
+from api.core.model_refs import ModelNotFoundError, resolve_model
+from api.core.settings import Settings
+from api.schemas.common import Page
+from api.schemas.jobs import (
+    CheckpointFile,
+    CheckpointPublic,
+    JobEventPublic,
+    JobPublic,
+    MetricPublic,
+)
+from api.services.errors import Conflict, NotFound, OverLimit, Unavailable, invalid_field
+
+# Rows of a job's metric history one poll of its live stream reads at most.
+STREAM_ROWS = 5000
+
+
+def get_job(session: Session, tenant_id: int, job_id: int) -> Job:
+    """The tenant's job; NotFound also for other tenants' jobs (their existence is private)."""
+    job = None
+    if 0 < job_id <= MAX_ROW_ID:
+        job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def _model_cfg(session: Session, tenant_id: int, model: str | int) -> DarknetConfig:
+    """The cfg a job names: an uploaded model of the tenant (by id) or a bundled cfg (by name)."""
+    try:
+        return resolve_model(session, tenant_id, model).parse()
+    except (ModelNotFoundError, CfgError) as error:
+        raise invalid_field(["model"], str(error)) from error
+
+
+def _check_budgets(resolved: ResolvedTraining, settings: Settings) -> None:
+    """Invalid when the network, as it trains (heads retargeted to the dataset), does not fit
+    its training size or passes the compute, parameter or training-memory budget."""
+    width, height = resolved.width, resolved.height
+    try:
+        rows = resolved.cfg.layer_table(width, height)
+        memory = training_step_memory(resolved)
+    except CfgError as error:
+        raise invalid_field(["train", "width"], f"at {width}x{height}: {error}") from error
+    total = sum(row.bflops for row in rows)
+    if total > settings.max_bflops:
+        raise invalid_field(
+            ["model"],
+            f"the network needs {total:.0f} BFLOPs per image at {width}x{height}, over this "
+            f"server's budget of {settings.max_bflops:g}; train at a smaller size or a smaller cfg",
+        )
+    too_many = parameters_over_budget(rows, settings.max_params_m)
+    if too_many:
+        raise invalid_field(["model"], too_many)
+    too_large = memory.over_budget(settings.max_train_memory_gib)
+    if too_large:
+        raise invalid_field(["train"], too_large)
+
+
+def check_job_spec(
+    session: Session, tenant_id: int, body: JobCreate, settings: Settings
+) -> ResolvedTraining:
+    """The job resolved against its cfg and dataset, as the Trainer will train it; Invalid
+    unless the dataset is the tenant's and ready, the model exists, the Trainer can run the
+    settings, and the network fits this server's budgets."""
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.id == body.dataset_id, Dataset.tenant_id == tenant_id)
+    )
+    if dataset is None:
+        raise invalid_field(["dataset_id"], f"no dataset {body.dataset_id}; see GET /v1/datasets")
+    if dataset.status != "ready":
+        raise invalid_field(["dataset_id"], f"dataset {dataset.id} is {dataset.status}, not ready")
+    cfg = _model_cfg(session, tenant_id, body.model)
+    try:
+        resolved = resolve_training(
+            cfg, body.train.options(), train_images=dataset.num_train,
+            num_classes=len(dataset.class_names) or None,
+            ae=body.ae.config() if body.ae is not None else None,
+        )  # fmt: skip
+    except JobSettingsError as error:
+        raise invalid_field(list(error.loc), str(error)) from error
+    _check_budgets(resolved, settings)
+    return resolved
+
+
+def add_job(session: Session, job: Job, resolved: ResolvedTraining, message: str) -> None:
+    """Store a new queued ``job`` with its resolved settings, and log ``message`` and what
+    resolution did or warns about (a schedule scaled to the run, a burn-in never left)."""
+    job.resolved = resolved.as_dict()
+    job.max_batches = resolved.max_batches
+    session.add(job)
+    session.flush()
+    job_ops.add_event(session, job.id, JobState.queued, message)
+    for note in resolved.notes:
+        job_ops.add_event(session, job.id, JobState.queued, f"note: {note}")
+    for warning in resolved.warnings:
+        job_ops.add_event(session, job.id, JobState.queued, f"warning: {warning}")
+
+
+def enqueue(celery: Celery, session: Session, queued: Sequence[Job]) -> None:
+    """Send each job's task by name; if the broker is unreachable the jobs fail with a reason
+    and the caller gets Unavailable (a job is never left queued with no task)."""
+    try:
+        for job in queued:
+            send_train_task(celery, job.id, job.queue)
+    except Exception as error:  # the broker's client raises many kinds; all mean "not queued"
+        for job in queued:
+            job_ops.finish_job(
+                session, job.id, JobState.failed,
+                failure_reason=f"could not reach the task broker: {error}; submit it again",
+            )  # fmt: skip
+        raise Unavailable("the task broker is unreachable; try again") from error
+
+
+def check_active_jobs(session: Session, tenant_id: int, settings: Settings, adding: int) -> None:
+    """OverLimit when ``adding`` more jobs would pass the tenant's limit of queued + running
+    jobs."""
+    limit = settings.max_active_jobs
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.state.in_([JobState.queued, JobState.running]))
+    )
+    if (active or 0) + adding > limit:
+        raise OverLimit(
+            f"you have {active} jobs queued or running and may have {limit} at once; this "
+            f"request adds {adding}. Wait for some to finish or cancel them"
+        )
+
+
+def create_job(
+    session: Session, tenant_id: int, settings: Settings, celery: Celery, body: JobCreate
+) -> JobPublic:
+    """Check ``body``, store the job queued and send its task (Invalid, OverLimit or
+    Unavailable otherwise)."""
+    resolved = check_job_spec(session, tenant_id, body, settings)
+    check_active_jobs(session, tenant_id, settings, 1)
+    job = Job(
+        tenant_id=tenant_id, spec=body.model_dump(mode="json"), queue=body.queue, seed=body.seed,
+        sent_at=utcnow(),  # its task is sent right after the row is committed
+    )  # fmt: skip
+    add_job(session, job, resolved, "submitted")
+    session.commit()
+    enqueue(celery, session, [job])
+    session.refresh(job)
+    return JobPublic.model_validate(job)
+
+
+def list_jobs(
+    session: Session, tenant_id: int, state: JobState | None, limit: int, offset: int
+) -> Page[JobPublic]:
+    """The tenant's jobs (in ``state``, if given), newest first."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if state is not None:
+        query = query.where(Job.state == state)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return Page(data=[JobPublic.model_validate(r) for r in rows], count=count)
+
+
+def read_job(session: Session, tenant_id: int, job_id: int) -> JobPublic:
+    return JobPublic.model_validate(get_job(session, tenant_id, job_id))
+
+
+def cancel_job(session: Session, tenant_id: int, job_id: int) -> JobPublic:
+    """A queued job is cancelled at once; a running one is asked to stop. Conflict when the
+    job already ended."""
+    job = get_job(session, tenant_id, job_id)
+    if job.state in TERMINAL_STATES:
+        raise Conflict(f"job {job_id} already {job.state}")
+    job_ops.request_cancel(session, job_id)
+    session.refresh(job)
+    return JobPublic.model_validate(job)
+
+
+def job_log(session: Session, tenant_id: int, job_id: int) -> Page[JobEventPublic]:
+    """The job's state transitions, oldest first, in one page."""
+    get_job(session, tenant_id, job_id)
+    rows = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+    data = [JobEventPublic.model_validate(r) for r in rows]
+    return Page(data=data, count=len(data))
+
+
+def new_metrics(
+    session: Session, tenant_id: int, job_id: int, after_id: int
+) -> tuple[str, list[MetricPublic], int]:
+    """The job's state, its metric rows stored after row ``after_id`` (at most STREAM_ROWS,
+    in the order stored) and the id of the last of them (``after_id`` when none)."""
+    job = get_job(session, tenant_id, job_id)
+    rows = list(
+        session.scalars(
+            select(Metric)
+            .where(Metric.job_id == job_id, Metric.id > after_id)
+            .order_by(Metric.id)
+            .limit(STREAM_ROWS)
+        )
+    )
+    last_id = rows[-1].id if rows else after_id
+    return job.state, [MetricPublic.model_validate(r) for r in rows], last_id
+
+
+def list_checkpoints(session: Session, tenant_id: int, job_id: int) -> Page[CheckpointPublic]:
+    """The job's checkpoints by name, each with its formats, in one page."""
+    get_job(session, tenant_id, job_id)
+    rows = session.scalars(
+        select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.name)
+    )
+    grouped: dict[str, CheckpointPublic] = {}
+    for row in rows:
+        name, _, fmt = row.name.partition(".")
+        entry = grouped.setdefault(
+            name,
+            CheckpointPublic(
+                name=name,
+                iteration=row.iteration,
+                metrics=row.metrics,
+                created_at=row.created_at,
+                formats={},
+            ),
+        )
+        entry.formats[fmt] = CheckpointFile(size=row.size, sha256=row.sha256)
+    return Page(data=list(grouped.values()), count=len(grouped))
+
+
+def checkpoint_path(
+    session: Session, tenant_id: int, settings: Settings, job_id: int, name: str, fmt: str
+) -> Path:
+    """The file of the job's checkpoint ``name`` in format ``fmt``; NotFound while there is
+    none. Rows hold paths relative to the artifact root, found under this server's."""
+    get_job(session, tenant_id, job_id)
+    row = session.scalar(
+        select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == f"{name}.{fmt}")
+    )
+    path = settings.artifacts_dir / row.path if row is not None else None
+    if path is None or not path.is_file():
+        raise NotFound(f"job {job_id} has no checkpoint {name}.{fmt}")
+    return path
