@@ -1,15 +1,15 @@
 """Data-parallel training (DDP over gloo, two real processes on CPU) computes the steps one
 process computes: same micro-batches, same gradients, same weights."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from ae_model.data import IterationBatchSampler
-from ae_model.datasets import generate_dataset
-from ae_model.train import AEConfig, TrainConfig, Trainer
+from ae_model.data.loader import IterationBatchSampler
+from ae_model.data.synthetic import generate_dataset
+from ae_model.options import AEConfig, TrainConfig
+from ae_model.train import Trainer
 
 
 def _config(data: Path, out: Path, **overrides: object) -> TrainConfig:
@@ -30,15 +30,11 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread_everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def one_thread_everywhere(monkeypatch: pytest.MonkeyPatch, one_torch_thread: None) -> None:
     """One CPU thread here and in the peer processes (which read OMP_NUM_THREADS at start):
     kernels round by thread count, so the processes compared must run the same, whatever
     thread count an earlier test left this process at."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_sampler_shares_out_each_iterations_micro_batches() -> None:

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from ae_model.evaluate import COCOEvaluator, Detections, postprocess
 
 
 def _coco(boxes_per_image: dict[int, list[tuple[float, float, float, float, int]]]) -> COCO:
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, boxes in boxes_per_image.items():
         images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 100, "height": 100})
         for x, y, w, h, cat in boxes:
@@ -44,7 +46,10 @@ def test_postprocess_scores_nms_and_multilabel() -> None:
 
 
 def test_perfect_detections_score_ap_one_and_none_score_zero() -> None:
-    gt = {1: [(10, 10, 30, 40, 3)], 2: [(50, 20, 30, 30, 7), (5, 60, 20, 20, 3)]}
+    gt: dict[int, list[tuple[float, float, float, float, int]]] = {
+        1: [(10, 10, 30, 40, 3)],
+        2: [(50, 20, 30, 30, 7), (5, 60, 20, 20, 3)],
+    }
     coco = _coco(gt)
     evaluator = COCOEvaluator(coco, category_ids=[3, 7])
     for image_id, boxes in gt.items():

@@ -1,7 +1,7 @@
 """Darknet's [yolo] loss: hand-worked values, assignment, ignore, gradients, a tiny fit."""
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -361,17 +361,7 @@ def decode(out: torch.Tensor, h: Head, b: int, a: int, row: int, col: int) -> to
     return torch.stack((cx - w / 2, cy - hh / 2, cx + w / 2, cy + hh / 2))
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Run on one intra-op thread: these tensors are tiny, and on a busy machine waking a second
-    thread for each of thousands of small ops costs more than the ops themselves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 def test_optimising_raw_outputs_fits_the_truths() -> None:
     anchors = [(6, 6), (12, 10), (20, 24), (28, 28)]
     heads = [head(anchors, [0, 1], classes=3), head(anchors, [2, 3], classes=3)]
