@@ -7,13 +7,21 @@ CLI starts fast; a command that needs torch imports it inside the command.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ae_model.cfg import CfgError, format_layer_table, resolve_cfg
+from ae_model.options import (
+    AEConfig,
+    AEMode,
+    AESchedule,
+    LRPolicy,
+    TrainConfig,
+    TrainOptions,
+    option_help,
+)
 
 app = typer.Typer(
     help="aetrain: YOLO detectors from darknet cfgs, with Assisted Excitation.",
@@ -45,20 +53,15 @@ def layers(
     ] = False,
 ) -> None:
     """Print darknet's layer table: each layer's input -> output size and BFLOPs."""
-    failure: CfgError | None = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            config = resolve_cfg(cfg)
-            width, height = parse_size(size) if size else (config.net.width, config.net.height)
-            rows = config.layer_table(width, height)
-        except CfgError as error:
-            failure = error
-    for warning in caught:
-        typer.echo(f"warning: {warning.message}", err=True)
-    if failure is not None:
-        typer.echo(f"error: {failure}", err=True)
-        raise typer.Exit(code=2)
+    try:
+        config = resolve_cfg(cfg)
+        for message in config.warnings:
+            typer.echo(f"warning: {message}", err=True)
+        width, height = parse_size(size) if size else (config.net.width, config.net.height)
+        rows = config.layer_table(width, height)
+    except CfgError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
     if as_json:
         # One row per line: valid JSON that still reads like the table.
         typer.echo("[\n" + ",\n".join(json.dumps(row.as_dict()) for row in rows) + "\n]")
@@ -86,7 +89,7 @@ def datasets_generate(
     """Write a deterministic detection dataset: images plus COCO annotations."""
     from tqdm import tqdm
 
-    from ae_model.datasets import generate_dataset
+    from ae_model.data.synthetic import generate_dataset
 
     if kind not in ("digits", "shapes"):
         raise typer.BadParameter(f"{kind!r}: choose digits or shapes", param_hint="KIND")
@@ -106,24 +109,45 @@ def datasets_generate(
 
 
 def _ae_config(
-    layers: str | None, stride: int | None, schedule: str, iterations: int | None,
-    alpha_max: float, mode: str, detach: bool,
-) -> Any:  # fmt: skip
-    from ae_model.train import AEConfig
-
+    layers: str | None, stride: int | None, schedule: AESchedule, iterations: int | None,
+    alpha_max: float, mode: AEMode, detach: bool,
+) -> AEConfig | None:  # fmt: skip
     if layers and stride:
         raise typer.BadParameter("give --ae-layers or --ae-stride, not both")
+    placement: int | list[int] | dict[str, int]
     if stride:
-        return AEConfig({"stride": stride}, schedule, iterations, alpha_max, mode, detach)
-    if layers:
-        try:
-            indices = [int(v) for v in layers.split(",")]
-        except ValueError as error:
-            raise typer.BadParameter(
-                f"{layers!r}: expected layer indices like 16 or 15,22"
-            ) from error
-        return AEConfig(indices, schedule, iterations, alpha_max, mode, detach)
-    return None
+        placement = {"stride": stride}
+    elif layers:
+        placement = _numbers(layers, int, "--ae-layers")
+    else:
+        return None
+    return AEConfig(placement, schedule, iterations, alpha_max, mode, detach)
+
+
+def _numbers(text: str | None, cast: type[Any], option: str) -> Any:
+    """``"800,900"`` as ``[800, 900]``; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [cast(v) for v in text.split(",")]
+    except ValueError as error:
+        raise typer.BadParameter(
+            f"{text!r}: expected numbers like 800,900", param_hint=option
+        ) from error
+
+
+# Defaults and help texts come from the one definition of the options (ae_model.options);
+# tests/ae_model/test_options.py checks that every option has its flag here, with its default.
+_TRAIN = TrainOptions()
+_AE = AEConfig(layers=0)
+
+
+def _help(name: str) -> str:
+    return option_help(TrainOptions, name)
+
+
+def _ae_help(name: str) -> str:
+    return option_help(AEConfig, name)
 
 
 @app.command()
@@ -131,16 +155,32 @@ def train(
     cfg: Annotated[str, typer.Option(help="A .cfg file or a bundled cfg name.")],
     data: Annotated[Path, typer.Option(help="Dataset folder (COCO or YOLO layout).")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/train"),
-    max_batches: Annotated[int | None, typer.Option(help="Iterations; default the cfg's.")] = None,
-    epochs: Annotated[
-        float | None, typer.Option(help="Instead of --max-batches: passes over the train split.")
+    max_batches: Annotated[
+        int | None, typer.Option(help=_help("max_batches"))
+    ] = _TRAIN.max_batches,
+    epochs: Annotated[float | None, typer.Option(help=_help("epochs"))] = _TRAIN.epochs,
+    batch: Annotated[int | None, typer.Option(help=_help("batch"))] = _TRAIN.batch,
+    subdivisions: Annotated[
+        int | None, typer.Option(help=_help("subdivisions"))
+    ] = _TRAIN.subdivisions,
+    learning_rate: Annotated[
+        float | None, typer.Option("--lr", help=_help("learning_rate"))
+    ] = _TRAIN.learning_rate,
+    momentum: Annotated[float | None, typer.Option(help=_help("momentum"))] = _TRAIN.momentum,
+    decay: Annotated[float | None, typer.Option(help=_help("decay"))] = _TRAIN.decay,
+    burn_in: Annotated[int | None, typer.Option(help=_help("burn_in"))] = _TRAIN.burn_in,
+    policy: Annotated[LRPolicy | None, typer.Option(help=_help("policy"))] = _TRAIN.policy,
+    steps: Annotated[
+        str | None, typer.Option(help=_help("steps") + " Comma-separated, e.g. 800,900.")
     ] = None,
-    batch: Annotated[int | None, typer.Option(help="Images per iteration.")] = None,
-    subdivisions: Annotated[int | None, typer.Option(help="Micro-batches per iteration.")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
-    burn_in: Annotated[int | None, typer.Option()] = None,
-    size: Annotated[str | None, typer.Option(help="Input W or WxH; default the cfg's.")] = None,
-    multiscale: Annotated[bool | None, typer.Option(help="Default: the cfg's random=.")] = None,
+    scales: Annotated[
+        str | None, typer.Option(help=_help("scales") + " Comma-separated, e.g. 0.1,0.1.")
+    ] = None,
+    size: Annotated[
+        str | None, typer.Option(help="Input W or WxH (width and height); default the cfg's.")
+    ] = None,
+    multiscale: Annotated[bool | None, typer.Option(help=_help("multiscale"))] = _TRAIN.multiscale,
+    augment: Annotated[bool, typer.Option(help=_help("augment"))] = _TRAIN.augment,
     seed: Annotated[int, typer.Option()] = 0,
     ae_layers: Annotated[
         str | None, typer.Option(help="AE layer indices, e.g. 16 or 15,22.")
@@ -148,60 +188,55 @@ def train(
     ae_stride: Annotated[
         int | None, typer.Option(help="AE on the layer chosen for stride S.")
     ] = None,
-    ae_schedule: Annotated[
-        str, typer.Option(help="cosine|quarter_cosine|linear|constant|darknet")
-    ] = "cosine",
+    ae_schedule: Annotated[AESchedule, typer.Option(help=_ae_help("schedule"))] = _AE.schedule,
     ae_iterations: Annotated[
-        int | None, typer.Option(help="AE length T; default max_batches.")
-    ] = None,
-    ae_alpha_max: Annotated[float, typer.Option()] = 1.0,
-    ae_mode: Annotated[
-        str, typer.Option(help="excite|suppress_background|multiplicative")
-    ] = "excite",
-    ae_detach: Annotated[bool, typer.Option(help="Excitation term as a constant.")] = True,
-    eval_interval: Annotated[
-        int, typer.Option(help="Evaluate every N iterations (0: at the end).")
-    ] = 0,
-    checkpoint_interval: Annotated[int, typer.Option()] = 100,
-    nan_rollbacks: Annotated[
-        int, typer.Option(min=0, help="On a NaN loss, back to the last checkpoint, N times.")
-    ] = 0,
+        int | None, typer.Option(help=_ae_help("iterations"))
+    ] = _AE.iterations,
+    ae_alpha_max: Annotated[float, typer.Option(help=_ae_help("alpha_max"))] = _AE.alpha_max,
+    ae_mode: Annotated[AEMode, typer.Option(help=_ae_help("mode"))] = _AE.mode,
+    ae_detach: Annotated[bool, typer.Option(help=_ae_help("detach"))] = _AE.detach,
+    eval_interval: Annotated[int, typer.Option(help=_help("eval_interval"))] = _TRAIN.eval_interval,
+    checkpoint_interval: Annotated[
+        int, typer.Option(help=_help("checkpoint_interval"))
+    ] = _TRAIN.checkpoint_interval,
+    val_limit: Annotated[int | None, typer.Option(help=_help("val_limit"))] = _TRAIN.val_limit,
+    nan_rollbacks: Annotated[int, typer.Option(help=_help("nan_rollbacks"))] = _TRAIN.nan_rollbacks,
     nan_lr_factor: Annotated[
-        float, typer.Option(help="Learning rate times this after each rollback.")
-    ] = 0.1,
+        float, typer.Option(help=_help("nan_lr_factor"))
+    ] = _TRAIN.nan_lr_factor,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-    amp: Annotated[
-        bool, typer.Option(help="Mixed precision where the device is fast at it (bf16 CPUs too).")
-    ] = True,
-    compile: Annotated[
-        bool, typer.Option(help="Train through torch.compile (the first steps compile).")
-    ] = False,
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 2,
-    world_size: Annotated[
-        int, typer.Option(min=1, help="Data-parallel processes (one per GPU on CUDA).")
-    ] = 1,
+    amp: Annotated[bool, typer.Option(help=_help("amp"))] = _TRAIN.amp,
+    compile: Annotated[bool, typer.Option(help=_help("compile"))] = _TRAIN.compile,
+    workers: Annotated[int, typer.Option(help=_help("workers"))] = _TRAIN.workers,
+    world_size: Annotated[int, typer.Option(help=_help("world_size"))] = _TRAIN.world_size,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint.")] = None,
 ) -> None:
     """Train a darknet cfg on a dataset; writes last.pt, best.pt, results.csv, results.png."""
     from ae_model.hooks import ProgressBar, ResultsLogger, format_metrics_table
-    from ae_model.train import NonFiniteLossError, TrainConfig, Trainer
+    from ae_model.train import NonFiniteLossError, Trainer
 
     width, height = parse_size(size) if size else (None, None)
-    config = TrainConfig(
-        cfg=cfg, data=str(data), out=str(out), seed=seed, max_batches=max_batches, epochs=epochs,
-        batch=batch, subdivisions=subdivisions, learning_rate=learning_rate, burn_in=burn_in,
-        width=width, height=height, multiscale=multiscale, device=device, amp=amp,
-        compile=compile, workers=workers,
-        eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
-        nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor, world_size=world_size,
-        ae=_ae_config(ae_layers, ae_stride, ae_schedule, ae_iterations, ae_alpha_max, ae_mode,
-                      ae_detach),
-    )  # fmt: skip
     try:
+        config = TrainConfig(
+            cfg=cfg, data=str(data), out=str(out), seed=seed, max_batches=max_batches,
+            epochs=epochs, batch=batch, subdivisions=subdivisions, learning_rate=learning_rate,
+            momentum=momentum, decay=decay, burn_in=burn_in, policy=policy,
+            steps=_numbers(steps, int, "--steps"), scales=_numbers(scales, float, "--scales"),
+            width=width, height=height, multiscale=multiscale, augment=augment, device=device,
+            amp=amp, compile=compile, workers=workers, eval_interval=eval_interval,
+            checkpoint_interval=checkpoint_interval, val_limit=val_limit,
+            nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor, world_size=world_size,
+            ae=_ae_config(ae_layers, ae_stride, ae_schedule, ae_iterations, ae_alpha_max,
+                          ae_mode, ae_detach),
+        )  # fmt: skip
         trainer = Trainer(config, hooks=[ProgressBar(), ResultsLogger(out)], resume=resume)
     except (CfgError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
+    for note in trainer.resolved.notes:
+        typer.echo(f"note: {note}", err=True)
+    for warning in trainer.resolved.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if trainer.ae_layers:
         typer.echo(f"Assisted Excitation on layer(s) {trainer.ae_layers}")
     try:

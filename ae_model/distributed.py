@@ -59,7 +59,8 @@ def start_peers(
 
 
 def _peer_main(argv: list[str] | None = None) -> None:
-    from ae_model.train import TrainConfig, Trainer  # here: ae_model.train imports this module
+    from ae_model.options import TrainConfig
+    from ae_model.train import Trainer  # here: ae_model.train imports this module
 
     parser = argparse.ArgumentParser(description="one rank > 0 of a data-parallel run")
     parser.add_argument("--config", required=True, help="the run's TrainConfig as JSON")

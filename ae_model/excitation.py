@@ -15,15 +15,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from ae_model.cfg import RouteSection, Section, ShortcutSection
+from ae_model.options import AEMode, AESchedule
+from ae_model.placement import LayerSpec, cfg_excitation, resolve_layers
 
 if TYPE_CHECKING:
     from ae_model.darknet import Darknet
@@ -33,22 +32,15 @@ __all__ = [
     "SCHEDULES",
     "AssistedExcitation",
     "ExcitationContext",
-    "LayerSpec",
     "alpha_at",
     "attach_excitation",
     "excite",
     "gt_mask",
-    "resolve_layers",
-    "resolve_stride",
 ]
 
-MODES: tuple[str, ...] = ("excite", "suppress_background", "multiplicative")
-SCHEDULES: tuple[str, ...] = ("cosine", "quarter_cosine", "linear", "constant", "darknet")
+MODES: tuple[str, ...] = tuple(mode.value for mode in AEMode)
+SCHEDULES: tuple[str, ...] = tuple(schedule.value for schedule in AESchedule)
 
-# Section types whose layers are detection heads, not features to excite.
-_HEADS = ("yolo", "region")
-
-LayerSpec = int | Sequence[int] | Mapping[str, int]
 """Where AE goes: a darknet layer index, several, or ``{"stride": S}``."""
 
 
@@ -428,11 +420,11 @@ def attach_excitation(
 ) -> list[int]:
     """Put Assisted Excitation on a darknet network; return the excited layer indices.
 
-    Layers come from ``spec`` (see :func:`resolve_layers`) with the given schedule and mode,
-    and, if ``from_cfg``, from ``assisted_excitation=N`` keys in the cfg (``N > 0``), which get
-    the ``darknet`` schedule with ``T = N``, ``burn_in`` and ``max_batches``. Where
-    both name a layer, ``spec`` wins. Each module goes into ``model.excitations[str(index)]``,
-    replacing any that was there.
+    Layers come from ``spec`` (see :func:`ae_model.placement.resolve_layers`) with the given
+    schedule and mode, and, if ``from_cfg``, from ``assisted_excitation=N`` keys in the cfg
+    (``N > 0``), which get the ``darknet`` schedule with ``T = N``, ``burn_in`` and
+    ``max_batches``. Where both name a layer, ``spec`` wins. Each module goes into
+    ``model.excitations[str(index)]``, replacing any that was there.
 
     Args:
         model: the network.
@@ -465,7 +457,7 @@ def attach_excitation(
     modules: dict[int, AssistedExcitation] = {}
     if from_cfg:
         for index, section in enumerate(model.sections):
-            n = _cfg_excitation(section)
+            n = cfg_excitation(section)
             if n > 0:
                 modules[index] = excitation("darknet", n, layer_index=index)
     if spec is not None:
@@ -475,123 +467,8 @@ def attach_excitation(
             T = max_batches
         width = model.net.width if width is None else width
         height = model.net.height if height is None else height
-        for index in resolve_layers(model, spec, width, height):
+        for index in resolve_layers(model.config, spec, width, height):
             modules[index] = excitation(schedule, T, layer_index=index)
     for index, module in modules.items():
         model.excitations[str(index)] = module
     return sorted(modules)
-
-
-def _cfg_excitation(section: Section) -> int:
-    """The section's ``assisted_excitation=N`` (absent: 0, off)."""
-    value = section.options.get("assisted_excitation")
-    if value is None:
-        return 0
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise section.error(
-            f"assisted_excitation={value} must be an integer >= 0 (0: off, 1: decay over "
-            "max_batches/2, N > 1: on from burn_in to iteration N)"
-        )
-    return n
-
-
-def resolve_layers(model: Darknet, spec: LayerSpec, width: int, height: int) -> list[int]:
-    """Darknet layer indices for a placement ``spec``.
-
-    Args:
-        model: the network.
-        spec: an index, a sequence of indices, or ``{"stride": S}`` (see :func:`resolve_stride`).
-        width: network input width used to compute strides.
-        height: network input height used to compute strides.
-
-    Returns:
-        Sorted, distinct layer indices.
-
-    Raises:
-        ValueError: an index outside the network or naming a detection head, or a bad spec.
-    """
-    if isinstance(spec, Mapping):
-        stride = spec.get("stride")
-        if set(spec) != {"stride"} or isinstance(stride, bool) or not isinstance(stride, int):
-            raise ValueError(
-                f'AE placement by stride is {{"stride": S}} with S an integer such as 8 or 16, '
-                f"got {dict(spec)}"
-            )
-        return [resolve_stride(model, stride, width, height)]
-    indices = [spec] if isinstance(spec, int) else list(spec)
-    if not indices:
-        raise ValueError("AE placement names no layer; give layer indices or {'stride': S}")
-    count = len(model.sections)
-    for index in indices:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-            raise ValueError(
-                f"AE layer index {index!r} is not a layer of this network: valid indices are "
-                f"0..{count - 1} (see the layer table)"
-            )
-        kind = model.sections[index].type
-        if kind in _HEADS:
-            raise ValueError(
-                f"layer {index} is a [{kind}] detection head; AE excites features: choose a "
-                "layer before it"
-            )
-    return sorted(set(indices))
-
-
-def resolve_stride(model: Darknet, stride: int, width: int, height: int) -> int:
-    """The one layer where AE goes for ``{"stride": S}`` at a ``width x height`` input.
-
-    1. If a ``[route]`` concatenates the output of an ``[upsample]`` whose output stride is
-       ``S``: the first such route (the paper's "branch after upsampling": yolov3 stride 16 is
-       layer 86 and stride 8 is layer 98, yolov3-tiny stride 16 is layer 20).
-    2. Otherwise, among the layers of stride ``S`` from the first one up to the first layer of
-       a larger stride, the last one (the end of the backbone's stride-``S`` stage).
-    3. When no layer has a larger stride, that stage runs into the first head; the last of its
-       layers whose output feeds two or more later layers is taken (where the first detection
-       branch forks off; yolov3-tiny stride 32 is layer 13), or, if none does, its last layer.
-
-    Rules 2 and 3 skip the heads and the prediction layers that feed them.
-
-    Raises:
-        ValueError: no layer has output stride ``S``; the message lists the strides there are.
-    """
-    rows = model.layer_table(width, height)
-    types = [section.type for section in model.sections]
-    strides = [row.out_stride for row in rows]
-    inputs = [_inputs(model, j) for j in range(len(types))]
-    for up in (i for i, kind in enumerate(types) if kind == "upsample" and strides[i] == stride):
-        for j in range(up + 1, len(types)):
-            if types[j] == "route" and up in inputs[j]:
-                return j
-    # Heads and the prediction layers feeding them hold outputs, not features to excite.
-    heads = [i for i, kind in enumerate(types) if kind in _HEADS]
-    excluded = set(heads).union(*(inputs[i] for i in heads))
-    features = [i for i, s in enumerate(strides) if s == stride and i not in excluded]
-    if not features:
-        present = sorted({s for i, s in enumerate(strides) if i not in excluded})
-        raise ValueError(
-            f"no layer has output stride {stride} at {width}x{height}; this network has strides "
-            f"{', '.join(f'{s:g}' for s in present)} (see the layer table)"
-        )
-    first = features[0]
-    end = next((i for i in range(first, len(strides)) if strides[i] > stride), None)
-    if end is not None:
-        return max(i for i in features if i < end)
-    head = next((i for i in heads if i > first), len(types))
-    stage = [i for i in features if i < head]
-    readers = Counter(i for reads in inputs for i in reads)
-    forks = [i for i in stage if readers[i] > 1]
-    return (forks or stage)[-1]
-
-
-def _inputs(model: Darknet, index: int) -> set[int]:
-    """Indices of the layers whose outputs layer ``index`` reads."""
-    section = model.sections[index]
-    if isinstance(section, RouteSection):
-        return set(section.layers)
-    if isinstance(section, ShortcutSection):
-        return {index - 1, section.from_layer}
-    return {index - 1}

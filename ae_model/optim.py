@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-POLICIES = ("constant", "steps", "step", "poly", "exp", "sig", "sgdr")
+from ae_model.options import LRPolicy
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class LRSchedule:
 
     learning_rate: float
     max_batches: int
-    policy: str = "constant"
+    policy: str = LRPolicy.CONSTANT  # an LRPolicy or its value
     burn_in: int = 0
     power: float = 4.0
     steps: Sequence[int] = field(default_factory=tuple)
@@ -31,8 +31,10 @@ class LRSchedule:
     gamma: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy={self.policy!r} is not supported; use one of {POLICIES}")
+        if self.policy not in set(LRPolicy):
+            raise ValueError(
+                f"policy={self.policy!r} is not supported; use one of {', '.join(LRPolicy)}"
+            )
         if len(self.steps) != len(self.scales):
             raise ValueError(
                 f"policy=steps needs as many scales as steps (got {len(self.steps)} steps and "

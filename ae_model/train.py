@@ -7,44 +7,43 @@ the loop). Training is iteration-based like darknet: ``max_batches`` optimizer s
 """
 
 import contextlib
-import dataclasses
 import logging
 import math
-import random
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 from ae_model import distributed
-from ae_model.cfg import (
-    RegionSection,
-    YoloSection,
-    parse_cfg,
-    resolve_cfg,
-    resolve_random,
-    retarget_classes,
+from ae_model.cfg import parse_cfg, resolve_cfg
+from ae_model.checkpoint import (
+    CHECKPOINT_VERSION,
+    changed_settings,
+    rng_state,
+    seed_everything,
+    set_rng_state,
 )
 from ae_model.darknet import Darknet
-from ae_model.data import AugmentParams, build_loader, open_dataset, unletterbox_boxes
+from ae_model.data.augment import unletterbox_boxes
+from ae_model.data.datasets import open_dataset
+from ae_model.data.loader import build_loader
+from ae_model.device import autocast_dtype, compile_network, select_device
 from ae_model.evaluate import COCOEvaluator, Detections, postprocess, timed
 from ae_model.excitation import AssistedExcitation, ExcitationContext, attach_excitation
 from ae_model.layers import RegionLayer, YoloLayer
 from ae_model.loss import YoloLoss
 from ae_model.optim import LRSchedule, build_optimizer, build_scheduler
+from ae_model.options import TrainConfig
 from ae_model.region_loss import RegionLoss
+from ae_model.resolve import resolve_training
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_VERSION = 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,131 +57,6 @@ class NonFiniteLossError(RuntimeError):
             f"loss became non-finite at iteration {iteration} (last finite loss: {last}); "
             "lower learning_rate, lengthen burn_in, or lower AE alpha_max"
         )
-
-
-@dataclass
-class AEConfig:
-    """Where and how to apply Assisted Excitation (see docs/assisted_excitation.md).
-
-    ``layers`` is a darknet layer index, a list of them, or ``{"stride": S}``.
-    ``iterations`` (T) defaults to the job's ``max_batches``.
-    """
-
-    layers: int | list[int] | dict[str, int]
-    schedule: str = "cosine"
-    iterations: int | None = None
-    alpha_max: float = 1.0
-    mode: str = "excite"
-    detach: bool = True
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; ``None`` means "as the cfg's [net] says".
-
-    Saved, resolved, inside every checkpoint.
-    """
-
-    cfg: str
-    """A cfg file's path or a bundled cfg's name (:func:`ae_model.cfg.resolve_cfg`); with
-    ``cfg_text``, only the name the text is reported under."""
-    data: str
-    cfg_text: str | None = None
-    """The cfg's text, when it comes from elsewhere than a file (an uploaded model)."""
-    out: str = "runs/train"
-    seed: int = 0
-    max_batches: int | None = None
-    epochs: float | None = None
-    """Instead of ``max_batches``: passes over the training images (rounded up to iterations)."""
-    batch: int | None = None
-    subdivisions: int | None = None
-    learning_rate: float | None = None
-    momentum: float | None = None
-    decay: float | None = None
-    burn_in: int | None = None
-    policy: str | None = None
-    steps: list[int] | None = None
-    scales: list[float] | None = None
-    width: int | None = None
-    height: int | None = None
-    multiscale: bool | None = None
-    augment: bool = True
-    ae: AEConfig | None = None
-    device: str = "auto"
-    amp: bool = True
-    """Mixed precision where the device computes it fast (:func:`autocast_dtype`)."""
-    channels_last: bool = True
-    compile: bool = False
-    """Train through ``torch.compile`` (the network's forward and backward, AE's excitation
-    term included; the loss, AE's per-step alpha and mask, and evaluation stay eager). The
-    first step and each new input size take longer while it compiles."""
-    workers: int = 0
-    eval_interval: int = 0
-    checkpoint_interval: int = 100
-    val_limit: int | None = None
-    nan_rollbacks: int = 0
-    """On a non-finite loss, go back to the last checkpoint with the learning rate times
-    ``nan_lr_factor``, at most this many times in the run; 0: stop with the error at once."""
-    nan_lr_factor: float = 0.1
-    world_size: int = 1
-    """Processes training data-parallel (DDP: gloo on CPU, NCCL on CUDA with one GPU each);
-    each takes ``subdivisions / world_size`` of an iteration's micro-batches."""
-    resolved: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = dict(data)
-        if data.get("ae") is not None:
-            data["ae"] = AEConfig(**data["ae"])
-        return cls(**data)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
-    try:
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    except (AttributeError, RuntimeError):  # a build without oneDNN's bf16 check
-        return False
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype mixed precision computes in on ``device``, or None for float32.
-
-    CUDA: bfloat16 where the GPU has it, else float16 (with a gradient scaler). CPU: bfloat16
-    where the CPU has native bf16 instructions, which nearly halves the time of a yolov3
-    training step (docs/benchmarks.md); float32 elsewhere, where bfloat16 would be emulated
-    and slower.
-    """
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-# Graphs one compiled network may hold: one per input size (darknet's multi-scale training
-# draws from up to 10) and AE state (on, then off once alpha reaches 0), with room to spare.
-COMPILED_GRAPHS = 64
-
-
-def compile_network(network: nn.Module) -> Callable[[torch.Tensor], Any]:
-    """``torch.compile`` for training ``network`` (a Darknet, or DDP around one).
-
-    Shapes are static: each input size gets its own graph, compiled when first seen, because
-    inductor's convolution backward specialises on the spatial size anyway and a dynamic graph
-    then recompiles per size all the same. Dynamo's recompile limit (8 by default, after which
-    it falls back to eager) is raised to :data:`COMPILED_GRAPHS` for that. Around DDP, its
-    DDPOptimizer splits the graph at the gradient buckets.
-    """
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), COMPILED_GRAPHS))
-    return torch.compile(network, dynamic=False)
 
 
 class Hook:
@@ -213,39 +87,6 @@ class Hook:
         """Called once at the end, also when training stopped early or failed."""
 
 
-def _select_device(name: str, rank: int = 0, world_size: int = 1) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and world_size > 1:
-        return torch.device("cuda", rank)  # one GPU per process
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class Trainer:
     """Trains a darknet network on a COCO-layout dataset.
 
@@ -273,7 +114,7 @@ class Trainer:
         self.ddp: DistributedDataParallel | None = None
         self.network: Callable[[torch.Tensor], Any] | None = None  # torch.compile's, if asked
         self._grids: dict[tuple[int, int], dict[str, tuple[int, int]]] = {}  # AE layers' w, h
-        self.device = _select_device(config.device, rank, config.world_size)
+        self.device = select_device(config.device, rank, config.world_size)
         self.out = Path(config.out)
         self.stop_requested = False
         self.iteration = 0
@@ -290,20 +131,13 @@ class Trainer:
             if config.cfg_text is not None
             else resolve_cfg(config.cfg)
         )
-        heads = (YoloSection, RegionSection)
-        classes = {head.classes for head in cfg.sections if isinstance(head, heads)}
-        retargeted_from = None
-        if classes != {self.train_set.num_classes}:
-            # What darknet users do by hand: heads (and the convs before them) sized to the data.
-            retargeted_from = sorted(classes)
-            cfg = parse_cfg(retarget_classes(cfg.text, self.train_set.num_classes), cfg.source)
+        self.resolved = resolve_training(
+            cfg, config, train_images=len(self.train_set),
+            num_classes=self.train_set.num_classes, ae=config.ae,
+        )  # fmt: skip
+        r = self.resolved
         seed_everything(config.seed)  # before building: the seed fixes the initial weights
-        self.model = Darknet(cfg)
-        self._resolve(config)
-        config.resolved["classes"] = list(self.train_set.class_names)
-        config.resolved["retargeted_from_classes"] = retargeted_from
-        config.resolved["cfg_text"] = cfg.text
-        r = config.resolved
+        self.model = Darknet(r.cfg)
         self.context = ExcitationContext()
         ae = config.ae
         self.ae_layers = attach_excitation(
@@ -311,158 +145,66 @@ class Trainer:
             ae.layers if ae else None,
             self.context,
             schedule=ae.schedule if ae else "cosine",
-            T=(ae.iterations or r["max_batches"]) if ae else None,
+            T=(ae.iterations or r.max_batches) if ae else None,
             alpha_max=ae.alpha_max if ae else 1.0,
             mode=ae.mode if ae else "excite",
             detach=ae.detach if ae else True,
-            burn_in=r["burn_in"],
-            max_batches=r["max_batches"],
-            width=r["width"],
-            height=r["height"],
+            burn_in=r.burn_in,
+            max_batches=r.max_batches,
+            width=r.width,
+            height=r.height,
         )
-        r["ae_layers"] = self.ae_layers
         self.model.to(self.device)
         if config.channels_last:  # faster convolutions on CUDA and on CPU (oneDNN) alike
             self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = build_loss(self.model.heads, cfg.source)
+        self.loss_fn = build_loss(self.model.heads, r.cfg.source)
         self.schedule = LRSchedule(
-            learning_rate=r["learning_rate"],
-            max_batches=r["max_batches"],
-            policy=r["policy"],
-            burn_in=r["burn_in"],
-            power=r["power"],
-            steps=r["steps"],
-            scales=r["scales"],
-            step=r["step"],
-            scale=r["scale"],
-            gamma=r["gamma"],
+            learning_rate=r.learning_rate,
+            max_batches=r.max_batches,
+            policy=r.policy,
+            burn_in=r.burn_in,
+            power=r.power,
+            steps=r.steps,
+            scales=r.scales,
+            step=r.step,
+            scale=r.scale,
+            gamma=r.gamma,
         )
-        self.optimizer = build_optimizer(self.model, r["learning_rate"], r["momentum"], r["decay"])
+        self.optimizer = build_optimizer(self.model, r.learning_rate, r.momentum, r.decay)
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.amp_dtype = autocast_dtype(self.device) if config.amp else None
-        r["amp_dtype"] = None if self.amp_dtype is None else str(self.amp_dtype).split(".")[-1]
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self._build_data()
+        config.resolved = {
+            **r.as_dict(),
+            "classes": list(self.train_set.class_names),
+            "amp_dtype": None if self.amp_dtype is None else str(self.amp_dtype).split(".")[-1],
+        }
         if resume is not None:
             self.load_checkpoint(resume)
 
     @property
     def epoch(self) -> float:
         """Passes over the training images so far: ``iteration * batch / len(train_set)``."""
-        return self.iteration * self.config.resolved["batch"] / max(1, len(self.train_set))
-
-    # -- setup -----------------------------------------------------------------------------
-    def _resolve(self, config: TrainConfig) -> None:
-        """Fill ``config.resolved`` from overrides, else the cfg's [net], else darknet defaults."""
-        net = self.model.net
-
-        def pick(name: str, default: Any, cast: Any) -> Any:
-            value = getattr(config, name)
-            if value is not None:
-                return value
-            return cast(net[name]) if name in net else default
-
-        def numbers(name: str, cast: Any) -> list[Any]:
-            value = getattr(config, name)
-            if value is not None:
-                return list(value)
-            raw = net.get(name)
-            return [cast(v) for v in str(raw).split(",") if v.strip()] if raw else []
-
-        if config.nan_rollbacks < 0 or not 0 < config.nan_lr_factor < 1:
-            raise ValueError(
-                f"nan_rollbacks must be >= 0 and nan_lr_factor in (0, 1), got "
-                f"{config.nan_rollbacks} and {config.nan_lr_factor}"
-            )
-        batch = pick("batch", 1, int)
-        subdivisions = pick("subdivisions", 1, int)
-        if batch % subdivisions:
-            raise ValueError(
-                f"batch={batch} is not divisible by subdivisions={subdivisions}; "
-                "each micro-batch must hold batch/subdivisions images"
-            )
-        world = config.world_size
-        if world < 1 or subdivisions % world:
-            raise ValueError(
-                f"world_size={world} processes share each iteration's subdivisions="
-                f"{subdivisions} micro-batches: set subdivisions to a multiple of world_size "
-                f"(e.g. subdivisions={max(world, 1)} for batch/{max(world, 1)} images per process)"
-            )
-        heads = self.model.heads
-        # Darknet's `random` (on the heads): 0 off, 1 sizes base/1.4..base*1.4, r>1 base/r..base*r.
-        cfg_random = max((float(getattr(h, "random", 0)) for h in heads), default=0.0)
-        random_value = resolve_random(cfg_random, config.multiscale)
-        config.resolved = {
-            "batch": batch,
-            "subdivisions": subdivisions,
-            "max_batches": self._max_batches(config, batch),
-            "learning_rate": pick("learning_rate", 0.001, float),
-            "momentum": pick("momentum", 0.9, float),
-            "decay": pick("decay", 0.0001, float),
-            "burn_in": pick("burn_in", 0, int),
-            "power": float(net.get("power", 4)),
-            "policy": pick("policy", "constant", str),
-            "steps": numbers("steps", lambda v: int(float(v))),
-            "scales": numbers("scales", float),
-            # Darknet's parse_net_options defaults for the step, exp, sig and sgdr policies.
-            "step": int(float(net.get("step", 1))),
-            "scale": float(net.get("scale", 1.0)),
-            "gamma": float(net.get("gamma", 1.0)),
-            "width": pick("width", 416, int),
-            "height": pick("height", 416, int),
-            "random": random_value,
-            "saturation": float(net.get("saturation", 1.0)),
-            "exposure": float(net.get("exposure", 1.0)),
-            "hue": float(net.get("hue", 0.0)),
-            "jitter": float(getattr(heads[0], "jitter", 0.0)) if heads else 0.0,
-        }
-        if config.resolved["policy"] != "steps":
-            config.resolved["steps"], config.resolved["scales"] = [], []
-        for side in ("width", "height"):
-            if config.resolved[side] % 32 or config.resolved[side] <= 0:
-                raise ValueError(
-                    f"{side}={config.resolved[side]} is not a positive multiple of 32; YOLO "
-                    "downsamples by 32, so use e.g. 320, 416 or 608"
-                )
-
-    def _max_batches(self, config: TrainConfig, batch: int) -> int:
-        if config.epochs is None:
-            if config.max_batches is not None:
-                return config.max_batches
-            return int(self.model.net.get("max_batches", 1000))
-        if config.max_batches is not None:
-            raise ValueError("give max_batches or epochs, not both")
-        if config.epochs <= 0:
-            raise ValueError(f"epochs must be positive, got {config.epochs}")
-        return math.ceil(config.epochs * len(self.train_set) / batch)
-
-    def _build_data(self) -> None:
-        r = self.config.resolved
-        if self.config.augment:
-            options = {**self.model.net, "jitter": r["jitter"]}
-            self.augment_params = AugmentParams.from_darknet(options)
-        else:
-            self.augment_params = AugmentParams()
-        r["augment"] = dataclasses.asdict(self.augment_params)
+        return self.iteration * self.resolved.batch / max(1, len(self.train_set))
 
     # -- the loop --------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Micro-batches from the current iteration on; the same stream a fresh run would see."""
-        r = self.config.resolved
+        r = self.resolved
         loader = build_loader(
             self.train_set,
-            batch_size=r["batch"] // r["subdivisions"],
-            img_size=(r["width"], r["height"]),
+            batch_size=r.micro_batch,
+            img_size=(r.width, r.height),
             train=True,
             seed=self.config.seed,
             workers=self.config.workers,
-            multiscale=r["random"],
-            augment_params=self.augment_params,
-            subdivisions=r["subdivisions"],
+            multiscale=r.random,
+            augment_params=r.augment,
+            subdivisions=r.subdivisions,
             start_iteration=self.iteration,
-            iterations=r["max_batches"],
+            iterations=r.max_batches,
             rank=self.rank,
             world_size=self.config.world_size,
         )
@@ -489,7 +231,7 @@ class Trainer:
         return final
 
     def _train(self) -> dict[str, float]:
-        r = self.config.resolved
+        r = self.resolved
         if self.config.compile and self.network is None:
             self.network = compile_network(self.ddp or self.model)
         for hook in self.hooks:
@@ -500,7 +242,7 @@ class Trainer:
             if self.config.nan_rollbacks and not last.exists():
                 self.save_checkpoint(last)  # something to roll back to before the first one
             batches = self._batches()
-            while self.iteration < r["max_batches"] and not self._stopping():
+            while self.iteration < r.max_batches and not self._stopping():
                 try:
                     metrics = self.train_step(batches)
                 except NonFiniteLossError as error:
@@ -512,7 +254,7 @@ class Trainer:
                 self.history.append(metrics)
                 for hook in self.hooks:
                     hook.after_step(self, metrics)
-                done = self.iteration == r["max_batches"]
+                done = self.iteration == r.max_batches
                 every = self.config.eval_interval
                 if ((every and self.iteration % every == 0) or done) and self.rank == 0:
                     final = self.evaluate()  # first, so last.pt records the best metric
@@ -554,14 +296,14 @@ class Trainer:
 
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """One optimizer step over ``subdivisions`` micro-batches; returns its metrics."""
-        r = self.config.resolved
+        r = self.resolved
         self.model.train()
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(4, device=self.device)
         images_seen = 0
         world = self.config.world_size
-        mine = r["subdivisions"] // world  # micro-batches of this process
+        mine = r.subdivisions // world  # micro-batches of this process
         network = self.network if self.network is not None else (self.ddp or self.model)
         waited = 0.0  # in the loader: the device idles unless the loader keeps ahead
         for j in range(mine):
@@ -582,13 +324,13 @@ class Trainer:
                 ):  # fmt: skip
                     outputs = network(images)
                 # Micro-batch j of this process is the iteration's j*world+rank (the sampler's).
-                seen = self.iteration * r["batch"] + (j * world + self.rank) * images.shape[0]
+                seen = self.iteration * r.batch + (j * world + self.rank) * images.shape[0]
                 out = self.loss_fn(
                     [o.float() for o in outputs], targets, (images.shape[3], images.shape[2]),
                     seen,
                 )  # fmt: skip
                 # DDP averages over the processes: times world, the mean over all micro-batches.
-                self.scaler.scale(out.loss * world / r["subdivisions"]).backward()
+                self.scaler.scale(out.loss * world / r.subdivisions).backward()
             totals += torch.stack([out.loss.detach(), out.box, out.obj, out.cls])
             images_seen += images.shape[0]
         self.context.clear()
@@ -598,7 +340,7 @@ class Trainer:
         if self.ddp is not None:
             torch.distributed.all_reduce(totals)  # every rank sees the step's loss, NaN included
             images_seen *= world
-        totals /= r["subdivisions"]
+        totals /= r.subdivisions
         loss, box, obj, cls = totals.tolist()  # the one host sync per step
         if not math.isfinite(loss):
             raise NonFiniteLossError(self.iteration, self.last_finite_loss)
@@ -654,14 +396,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """COCO metrics on the val split (the first ``val_limit`` images if set)."""
-        r = self.config.resolved
+        r = self.resolved
         dataset: Any = self.val_set
         if self.config.val_limit is not None:
             dataset = Subset(self.val_set, range(min(self.config.val_limit, len(self.val_set))))
         loader = build_loader(
             dataset,
-            batch_size=max(1, r["batch"] // r["subdivisions"]),
-            img_size=(r["width"], r["height"]),
+            batch_size=r.micro_batch,
+            img_size=(r.width, r.height),
             train=False,
             workers=self.config.workers,
         )
@@ -721,7 +463,7 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue exactly from ``path``; refuses a checkpoint trained with other settings."""
         state = torch.load(path, map_location=self.device, weights_only=False)
-        changed = _changed_settings(state["config"], self.config.to_dict())
+        changed = changed_settings(state["config"], self.config.to_dict())
         if changed:
             raise ValueError(
                 f"{path} was trained with other settings, and resuming continues a run exactly: "
@@ -740,11 +482,6 @@ class Trainer:
         set_rng_state(state["rng"])
 
 
-# What makes two runs the same run; output folder, device, workers and evaluation cadence may
-# change between attempts.
-_RUN_IDENTITY = ("seed", "augment", "ae")
-
-
 def build_loss(heads: Sequence[nn.Module], source: str = "<cfg>") -> YoloLoss | RegionLoss:
     """The training loss of a network's heads (``Darknet.heads``): :class:`YoloLoss` for
     ``[yolo]`` heads, :class:`RegionLoss` for one ``[region]`` head (YOLOv2)."""
@@ -758,21 +495,3 @@ def build_loss(heads: Sequence[nn.Module], source: str = "<cfg>") -> YoloLoss | 
         f"{source}: aetrain trains [yolo] heads or a single [region] head; this cfg has "
         f"{len(yolo)} [yolo] and {len(region)} [region]"
     )
-
-
-def _changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``"name: saved -> current"`` for each setting of the run that differs."""
-    changed = [
-        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
-        for key in _RUN_IDENTITY
-        if saved.get(key) != current.get(key)
-    ]
-    old, new = saved.get("resolved", {}), current.get("resolved", {})
-    if "augment" in old:
-        # An augmentation added since the checkpoint was written (mosaic) was off in it.
-        old = {**old, "augment": {**dataclasses.asdict(AugmentParams()), **old["augment"]}}
-    for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key):
-            shown = "the cfg's text differs" if key == "cfg_text" else None
-            changed.append(f"{key}: {shown or f'{old.get(key)!r} -> {new.get(key)!r}'}")
-    return changed

@@ -16,15 +16,11 @@ from dataclasses import dataclass
 
 from ae_model.cfg import (
     ConvolutionalSection,
-    DarknetConfig,
     LayerRow,
     MaxpoolSection,
-    RegionSection,
-    YoloSection,
     largest_multiscale_size,
-    resolve_random,
 )
-from api.core.job_spec import TrainSpec
+from ae_model.resolve import ResolvedTraining
 
 BYTES_PER_VALUE = 4  # float32
 PARAMETER_COPIES = 3  # weights, gradients, momentum
@@ -61,13 +57,10 @@ def saved_activations(rows: Sequence[LayerRow]) -> int:
     return sum(_saved_per_output(row) * math.prod(row.output) for row in rows)
 
 
-def largest_training_size(config: DarknetConfig, train: TrainSpec) -> tuple[int, int]:
-    """The largest ``(width, height)`` a job trains at: its size, or with multi-scale (the
-    heads' ``random``, or ``train.multiscale``) darknet's largest multi-scale size."""
-    base = (train.width or config.net.width, train.height or config.net.height)
-    heads = [s for s in config.sections if isinstance(s, YoloSection | RegionSection)]
-    cfg_random = max((head.random for head in heads), default=0.0)
-    return largest_multiscale_size(base, resolve_random(cfg_random, train.multiscale))
+def largest_training_size(resolved: ResolvedTraining) -> tuple[int, int]:
+    """The largest ``(width, height)`` a run trains at: its size, or with multi-scale darknet's
+    largest multi-scale size."""
+    return largest_multiscale_size((resolved.width, resolved.height), resolved.random)
 
 
 @dataclass(frozen=True)
@@ -102,25 +95,22 @@ class StepMemory:
         )
 
 
-def training_step_memory(config: DarknetConfig, train: TrainSpec) -> StepMemory:
-    """The memory estimate of a training step of ``config`` with ``train``'s overrides.
+def training_step_memory(resolved: ResolvedTraining) -> StepMemory:
+    """The memory estimate of a training step of a resolved run (its network as trained: heads
+    retargeted to the dataset's classes).
 
     Raises ``CfgError`` when the layers do not fit together at the largest training size.
     """
-    batch = train.batch or config.net.batch
-    subdivisions = train.subdivisions or config.net.subdivisions
-    micro_batch = max(1, batch // subdivisions)
-    width, height = largest_training_size(config, train)
-    rows = config.layer_table(width, height)
-    base = (train.width or config.net.width, train.height or config.net.height)
+    width, height = largest_training_size(resolved)
+    rows = resolved.cfg.layer_table(width, height)
     return StepMemory(
-        micro_batch=micro_batch,
-        batch=batch,
-        subdivisions=subdivisions,
+        micro_batch=resolved.micro_batch,
+        batch=resolved.batch,
+        subdivisions=resolved.subdivisions,
         width=width,
         height=height,
-        multiscale=(width, height) != base,
-        activation_bytes=BYTES_PER_VALUE * micro_batch * saved_activations(rows),
+        multiscale=(width, height) != (resolved.width, resolved.height),
+        activation_bytes=BYTES_PER_VALUE * resolved.micro_batch * saved_activations(rows),
         parameter_bytes=BYTES_PER_VALUE * PARAMETER_COPIES * parameter_count(rows),
     )
 

@@ -136,7 +136,7 @@ def serve(
         if workers == 1:
             uvicorn.run(create_app(settings), host=host, port=port)
         else:  # each process builds the same app from the environment's settings
-            uvicorn.run("api.main:app", host=host, port=port, workers=workers)
+            uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers)
     finally:
         if child is not None:
             _stop_worker(child)
@@ -170,17 +170,17 @@ def run_comparison(
 
     created = client.post("/v1/comparisons", body)
     cid, jobs_total = created["id"], created["progress"]["total"]
-    per_job = body["base"].get("train", {}).get("max_batches")
     arms, seeds = len(created["spec"]["arms"]), len(created["spec"]["seeds"])
     typer.echo(f"comparison {cid}: {arms} arms x {seeds} seeds = {jobs_total} jobs")
-    with tqdm(total=(per_job or 1) * jobs_total, desc="training", unit="it") as bar:
+    for warning in created["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    # Each job's length is resolved at submission (epochs become iterations there).
+    lengths = {j["id"]: j["max_batches"] or 1 for j in created["jobs"]}
+    with tqdm(total=sum(lengths.values()), desc="training", unit="it") as bar:
         while True:
             state = client.get(f"/v1/comparisons/{cid}")
             jobs = state["jobs"]
-            done = sum(
-                (j["max_batches"] or per_job or 1) if j["state"] in TERMINAL else j["iteration"]
-                for j in jobs
-            )  # fmt: skip
+            done = sum(lengths[j["id"]] if j["state"] in TERMINAL else j["iteration"] for j in jobs)
             running = [f"{j['arm']} seed {j['seed']}" for j in jobs if j["state"] == "running"]
             finished = sum(j["state"] in TERMINAL for j in jobs)
             bar.set_postfix_str(f"{finished}/{jobs_total} jobs; now: {', '.join(running) or '-'}")

@@ -32,8 +32,10 @@ import torch
 # bench/ is on sys.path when a script here runs.
 from bench_train import cfg_text, cpu_model, ensure_dataset
 
-from ae_model.data import augment, build_loader
-from ae_model.train import TrainConfig, Trainer
+from ae_model.data.augment import augment
+from ae_model.data.loader import build_loader
+from ae_model.options import TrainConfig
+from ae_model.train import Trainer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -118,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
         config = TrainConfig(
             cfg=args.cfg, cfg_text=cfg_text(args.cfg, flip=False), data=str(data),
             out=str(Path(tmp) / "run"),
-            width=args.size, height=args.size, multiscale=False, device="cpu",
+            width=args.size, height=args.size, multiscale=False, device="cpu", workers=0,
         )  # fmt: skip
         trainer = Trainer(config)
         aug = trainer.config.resolved["augment"]

@@ -48,9 +48,11 @@ from bench_train import cpu_model
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from ae_model.data import build_loader
-from ae_model.datasets import generate_dataset
-from ae_model.train import TrainConfig, Trainer, compile_network
+from ae_model.data.loader import build_loader
+from ae_model.data.synthetic import generate_dataset
+from ae_model.device import compile_network
+from ae_model.options import TrainConfig
+from ae_model.train import Trainer
 
 # Per cfg: (batch, timed iterations) small enough for a few minutes on 2 CPU cores.
 DEFAULTS: dict[str, tuple[int, int]] = {"yolov3-tiny": (8, 15), "yolov3": (2, 5)}
@@ -223,7 +225,7 @@ def build_aetrain(
         cfg=cfg, data=str(data), out=str(out), seed=args.seed, max_batches=NO_ITERATION_LIMIT,
         batch=batch, subdivisions=1, learning_rate=args.lr, burn_in=0, width=args.size,
         height=args.size, multiscale=False, device=args.device, checkpoint_interval=0,
-        channels_last=channels_last, amp=amp,
+        channels_last=channels_last, amp=amp, workers=0,
     )  # fmt: skip
     trainer = Trainer(config)
     loader = build_loader(

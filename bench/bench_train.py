@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 
 from ae_model.cfg import resolve_cfg
-from ae_model.datasets import generate_dataset
-from ae_model.train import AEConfig, Hook, NonFiniteLossError, TrainConfig, Trainer
+from ae_model.data.synthetic import generate_dataset
+from ae_model.options import AEConfig, TrainConfig
+from ae_model.train import Hook, NonFiniteLossError, Trainer
 
 # Effectively no iteration limit: the wall-time budget ends training. Large enough that the
 # cfg's steps policy and darknet's multi-scale tail (last 100 iterations) never kick in.

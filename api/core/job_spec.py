@@ -1,13 +1,30 @@
 """What a training job asks for: validated at the API, turned into a TrainConfig by the worker.
 
-Every field has the meaning it has in a darknet cfg's ``[net]`` or in
-``ae_model.train.TrainConfig``; ``None`` means "as the cfg says".
+``TrainSpec`` and ``AESpec`` are generated from ``ae_model.options`` (the one definition of
+every training and AE option, its default, help text and bounds); ``None`` means "as the cfg
+says".
 """
 
+import dataclasses
+import enum
 import re
-from typing import Annotated, Any, Literal, Self
+import types
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    Self,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from ae_model.options import AEConfig, TrainOptions, consistency_problem
+from api.core.model_refs import model_ref
 
 QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -17,24 +34,46 @@ class StrictModel(BaseModel):
     # Unknown fields are errors: a typo like "learning_rat" must not be silently ignored. Types
     # are strict: JSON `true` or "3" is no integer, and 3.0 no integer either (an integer is
     # still a number); subclasses' configs add to this one.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _literal(tp: Any) -> Any:
+    """``tp`` with every enumeration replaced by a ``Literal`` of its values: strict models
+    accept JSON strings for a Literal, and the OpenAPI schema lists the values."""
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return Literal[tuple(member.value for member in tp)]
+    args = get_args(tp)
+    if args and get_origin(tp) in (types.UnionType, Union):
+        return Union[tuple(_literal(arg) for arg in args)]  # noqa: UP007 (built from a tuple)
+    return tp
+
+
+def _spec_fields(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """pydantic field definitions of an ``ae_model.options`` dataclass: its types, defaults,
+    help texts and bounds, and finite numbers only."""
+    hints = get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = _literal(hints[f.name])
+        item_bounds = f.metadata.get("item_bounds")
+        if item_bounds is not None:
+            (item,) = get_args(get_args(tp)[0])  # list[X] | None
+            tp = list[Annotated[item, Field(**item_bounds)]] | None  # type: ignore[valid-type]
+        info = Field(description=f.metadata["help"], **f.metadata["bounds"])
+        fields[f.name] = (Annotated[tp, info], f.default)
+    return fields
 
 
 class StrideSpec(StrictModel):
     stride: Annotated[int, Field(ge=1, le=1024, description="Output stride of the layer.")]
 
 
-class AESpec(StrictModel):
-    """Assisted Excitation settings (see docs/assisted_excitation.md)."""
-
+class _AESpecBase(StrictModel):
     layers: int | list[int] | StrideSpec = Field(
         description='Darknet layer index, indices, or {"stride": S} for the documented rule.',
     )
-    schedule: Literal["cosine", "quarter_cosine", "linear", "constant", "darknet"] = "cosine"
-    iterations: Annotated[int | None, Field(ge=1, description="Schedule length T.")] = None
-    alpha_max: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0
-    mode: Literal["excite", "suppress_background", "multiplicative"] = "excite"
-    detach: bool = True
 
     @field_validator("layers")
     @classmethod
@@ -47,78 +86,50 @@ class AESpec(StrictModel):
                 raise ValueError("layer indices are 0-based darknet indices and must be >= 0")
         return value
 
+    def config(self) -> AEConfig:
+        """The ``ae_model`` form of these settings."""
+        return AEConfig(**self.model_dump())
 
-class TrainSpec(StrictModel):
-    """Training overrides; omitted fields follow the cfg's [net]."""
 
-    max_batches: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
-    epochs: Annotated[
-        float | None,
-        Field(gt=0, le=100_000, allow_inf_nan=False,
-              description="Instead of max_batches: passes over the training images."),
-    ] = None  # fmt: skip
-    batch: Annotated[int | None, Field(ge=1, le=4096)] = None
-    subdivisions: Annotated[int | None, Field(ge=1, le=4096)] = None
-    learning_rate: Annotated[float | None, Field(gt=0, le=10, allow_inf_nan=False)] = None
-    momentum: Annotated[float | None, Field(ge=0, lt=1)] = None
-    decay: Annotated[float | None, Field(ge=0, le=1)] = None
-    burn_in: Annotated[int | None, Field(ge=0)] = None
-    policy: Literal["constant", "steps", "step", "poly", "exp", "sig", "sgdr"] | None = None
-    steps: list[Annotated[int, Field(ge=0)]] | None = None
-    scales: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
-    width: Annotated[int | None, Field(ge=32, le=4096, multiple_of=32)] = None
-    height: Annotated[int | None, Field(ge=32, le=4096, multiple_of=32)] = None
-    multiscale: bool | None = None
-    augment: bool = True
-    eval_interval: Annotated[int, Field(ge=0)] = 0
-    checkpoint_interval: Annotated[int, Field(ge=1)] = 100
-    val_limit: Annotated[int | None, Field(ge=1)] = None
-    workers: Annotated[int, Field(ge=0, le=32)] = 2
-    amp: bool = Field(
-        default=True,
-        description="Mixed precision where the device computes it fast: bfloat16 (else "
-        "float16) on CUDA, bfloat16 on CPUs with native bf16 instructions, float32 elsewhere. "
-        "resolved.amp_dtype says what the job used (null: float32).",
+if TYPE_CHECKING:  # the fields are made at run time; type checkers see the base
+
+    class AESpec(_AESpecBase):
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    AESpec = create_model(
+        "AESpec",
+        __base__=_AESpecBase,
+        __doc__="Assisted Excitation settings (see docs/assisted_excitation.md).",
+        **_spec_fields(AEConfig, skip=("layers",)),
     )
-    compile: bool = Field(
-        default=False,
-        description="Train through torch.compile. Meant for GPUs: on CPU it measured slower "
-        "than eager (docs/benchmarks.md). The first step, and the first at each new input "
-        "size, take longer while it compiles.",
-    )
-    world_size: Annotated[
-        int,
-        Field(ge=1, le=16,
-              description="Processes training the job data-parallel (DDP) on its worker: one "
-              "per GPU on a GPU worker; subdivisions must be a multiple of it."),
-    ] = 1  # fmt: skip
-    nan_rollbacks: Annotated[
-        int,
-        Field(ge=0, le=10,
-              description="On a non-finite loss, go back to the last checkpoint with a lower "
-              "learning rate, at most this many times; 0: the job fails at once."),
-    ] = 0  # fmt: skip
-    nan_lr_factor: Annotated[
-        float,
-        Field(gt=0, lt=1, allow_inf_nan=False,
-              description="What each rollback multiplies the learning rate by."),
-    ] = 0.1  # fmt: skip
 
+
+class _TrainSpecBase(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.max_batches is not None and self.epochs is not None:
-            raise ValueError("give max_batches or epochs, not both")
-        if self.batch and self.subdivisions and self.batch % self.subdivisions:
-            raise ValueError(
-                f"batch={self.batch} must be divisible by subdivisions={self.subdivisions}"
-            )
-        if (self.steps is None) != (self.scales is None) or (
-            self.steps is not None
-            and self.scales is not None
-            and len(self.steps) != len(self.scales)
-        ):
-            raise ValueError("steps and scales go together, one scale per step")
+        problem = consistency_problem(self)  # type: ignore[arg-type]  # same fields
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def options(self) -> TrainOptions:
+        """The ``ae_model`` form of these settings."""
+        return TrainOptions(**self.model_dump())
+
+
+if TYPE_CHECKING:
+
+    class TrainSpec(_TrainSpecBase):
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    TrainSpec = create_model(
+        "TrainSpec",
+        __base__=_TrainSpecBase,
+        __doc__="Training overrides; omitted fields follow the cfg's [net] (ae_model.options).",
+        **_spec_fields(TrainOptions),
+    )
 
 
 class JobCreate(StrictModel):
@@ -152,10 +163,8 @@ class JobCreate(StrictModel):
     @field_validator("model")
     @classmethod
     def _model_ref(cls, value: str | int) -> str | int:
-        # GET /v1/models gives an upload's `ref` as a string of digits: the same model as the id.
-        return (
-            int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
-        )
+        # Stored as resolved: GET /v1/models gives an upload's `ref` as a string of digits.
+        return model_ref(value)
 
     @field_validator("device")
     @classmethod

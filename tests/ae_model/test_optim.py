@@ -1,5 +1,7 @@
 """Darknet's learning-rate policies and parameter groups."""
 
+from typing import cast
+
 import pytest
 from torch import nn
 
@@ -45,8 +47,10 @@ def test_no_weight_decay_on_biases_and_batch_norm() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
     decayed, plain = parameter_groups(model, 0.0005)
     assert decayed["weight_decay"] == 0.0005 and plain["weight_decay"] == 0.0
-    assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
-    assert {id(p) for p in plain["params"]} == {
+    decayed_params = cast(list[nn.Parameter], decayed["params"])
+    plain_params = cast(list[nn.Parameter], plain["params"])
+    assert {id(p) for p in decayed_params} == {id(model[0].weight), id(model[2].weight)}
+    assert {id(p) for p in plain_params} == {
         id(model[1].weight),
         id(model[1].bias),
         id(model[2].bias),

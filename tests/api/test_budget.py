@@ -9,7 +9,9 @@ from fastapi.testclient import TestClient
 
 from ae_model.cfg import bundled_cfg_path, list_bundled_cfgs, load_cfg, parse_cfg
 from ae_model.darknet import Darknet
-from ae_model.data import multiscale_size
+from ae_model.data.loader import multiscale_size
+from ae_model.options import TrainOptions
+from ae_model.resolve import ResolvedTraining, resolve_training
 from api.budget import (
     GIB,
     largest_training_size,
@@ -17,7 +19,6 @@ from api.budget import (
     saved_activations,
     training_step_memory,
 )
-from api.core.job_spec import TrainSpec
 from api.core.settings import Settings
 from api.main import create_app
 from tests.api.conftest import _key, ready_dataset
@@ -69,11 +70,14 @@ def test_largest_training_size_is_the_trainers_largest_multiscale_size(
 ) -> None:
     text = bundled_cfg_path("yolov3-tiny").read_text()  # random=1 on its heads
     cfg = parse_cfg(text.replace("random=1", f"random={random:g}"))
-    train = TrainSpec(width=base[0], height=base[1], multiscale=True)
+
+    def resolved(multiscale: bool) -> ResolvedTraining:
+        options = TrainOptions(width=base[0], height=base[1], multiscale=multiscale)
+        return resolve_training(cfg, options, train_images=1)
+
     # The trainer's first block of iterations runs at the largest size.
-    assert largest_training_size(cfg, train) == multiscale_size(0, 0, base, random)
-    assert largest_training_size(cfg, TrainSpec(width=base[0], height=base[1],
-                                                multiscale=False)) == base  # fmt: skip
+    assert largest_training_size(resolved(True)) == multiscale_size(0, 0, base, random)
+    assert largest_training_size(resolved(False)) == base
 
 
 @pytest.mark.parametrize("name", list_bundled_cfgs())
@@ -81,7 +85,7 @@ def test_every_bundled_cfg_as_written_fits_the_default_budgets(name: str) -> Non
     cfg = load_cfg(bundled_cfg_path(name))
     settings = Settings()
     assert parameter_count(cfg.layer_table()) <= settings.max_params_m * 1e6
-    memory = training_step_memory(cfg, TrainSpec())
+    memory = training_step_memory(resolve_training(cfg, TrainOptions(), train_images=1))
     assert memory.over_budget(settings.max_train_memory_gib) is None
     assert memory.total_bytes < 16 * GIB  # the bundled cfgs train on a 16 GiB GPU
 

@@ -15,7 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from ae_model.datasets import generate_dataset
+from ae_model.data.synthetic import generate_dataset
 from api.core.db import Tenant, make_engine, make_session_factory
 from api.core.db.models import Dataset
 from api.core.settings import Settings
@@ -24,10 +24,12 @@ from api.migrate import upgrade
 from tests.api.conftest import _key
 from tests.conftest import start_worker, stop_worker
 
+# A constant rate after the burn-in: the cfg's steps would be scaled into so short a run
+# (docs/training.md), and the tests read the rate.
 TINY_TRAIN = {
     "max_batches": 30, "batch": 4, "subdivisions": 1, "width": 96, "height": 96,
-    "learning_rate": 0.003, "burn_in": 5, "eval_interval": 15, "checkpoint_interval": 10,
-    "val_limit": 4, "workers": 0, "multiscale": False,
+    "learning_rate": 0.003, "burn_in": 5, "policy": "constant", "eval_interval": 15,
+    "checkpoint_interval": 10, "val_limit": 4, "workers": 0, "multiscale": False,
 }  # fmt: skip
 
 

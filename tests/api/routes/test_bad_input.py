@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from ae_model.cfg import bundled_cfg_path
 from api.core.settings import Settings
-from tests.ae_model.test_dataset_check import (
+from tests.ae_model.data.dataset_files import (
     Files,
     coco_files,
     png,
@@ -44,7 +44,7 @@ class Case:
     """One bad request and how it must be refused.
 
     ``json`` is sent as the body; ``upload`` builds a zip sent as the multipart ``file``
-    (with ``limits`` overriding the upload limits for this request); otherwise no body.
+    (with ``limits`` setting the server's upload limits for this request); otherwise no body.
     """
 
     id: str
@@ -199,10 +199,11 @@ CASES = [
          "width and height must be positive multiples of 32"),
     # Assisted Excitation on layers the network does not have, and bad AE settings.
     Case("ae-missing-layer", "POST", JOBS, 422,
-         "ae.layers: layer 99 does not exist: the cfg has layers 0..23",
+         "ae.layers: AE layer index 99 is not a layer of this network: valid indices are 0..23",
          json=job(ae={"layers": 99})),
     Case("ae-missing-stride", "POST", JOBS, 422,
-         "no layer has output stride 64; this network has strides 1, 2, 4, 8, 16, 32",
+         "ae.layers.stride: no layer has output stride 64 at 160x160; this network has "
+         "strides 1, 2, 4, 8, 16, 32",
          json=job(ae={"layers": {"stride": 64}})),
     Case("ae-negative-layer", "POST", JOBS, 422, "layer indices are 0-based darknet indices",
          json=job(ae={"layers": [-1]})),
@@ -225,12 +226,12 @@ CASES = [
          "batch=10 must be divisible by subdivisions=3",
          json=job(train={"batch": 10, "subdivisions": 3})),
     Case("train-batch-not-divisible-by-cfg", "POST", JOBS, 422,
-         "train.batch: batch=10 must be divisible by subdivisions=16 (the cfg's unless train "
-         "sets it)",
+         "train.batch: batch=10 is not divisible by subdivisions=16 (the cfg's unless the job "
+         "sets them)",
          json=job(model="yolov3", train={"batch": 10})),
     Case("train-world-size-not-dividing-subdivisions", "POST", JOBS, 422,
          "train.world_size: world_size=3 processes share each iteration's subdivisions=16 "
-         "micro-batches: set train.subdivisions to a multiple of 3",
+         "micro-batches: set subdivisions to a multiple of world_size (e.g. subdivisions=3",
          json=job(model="yolov3", train={"world_size": 3})),
     Case("train-max-batches-and-epochs", "POST", JOBS, 422, "give max_batches or epochs, not both",
          json=job(train={"max_batches": 10, "epochs": 1})),
@@ -294,7 +295,7 @@ CASES = [
                   "[convolutional]\nfilters=4096\nsize=1\nstride=32\n\n"
                   "[convolutional]\nfilters=4096\nsize=11\nstride=1\npad=1\n")),
     Case("job-over-memory-budget", "POST", JOBS, 422,
-         "train: a training step needs about 148.4 GiB: 147.7 GiB of activations for a "
+         "train: a training step needs about 146.6 GiB: 145.9 GiB of activations for a "
          "micro-batch of 64 images (batch=64 / subdivisions=1) at 896x896 (the largest "
          "multi-scale size)",
          json=job(model="yolov3", train={"batch": 64, "subdivisions": 1, "width": 608,
@@ -315,14 +316,16 @@ CASES = [
          f"arms.1.train.learning_rat: {EXTRA}",
          json=comparison({"name": "ae16", "train": {"learning_rat": 0.1}})),
     Case("comparison-arm-missing-ae-layer", "POST", COMPARISONS, 422,
-         "arms.1.ae.layers: layer 99 does not exist: the cfg has layers 0..23",
+         "arms.1.ae.layers: AE layer index 99 is not a layer of this network: valid indices are "
+         "0..23",
          json=comparison({"name": "ae99", "ae": {"layers": 99}})),
     Case("comparison-base-missing-ae-layer", "POST", COMPARISONS, 422,
-         "base.ae.layers: layer 99 does not exist: the cfg has layers 0..23",
+         "base.ae.layers: AE layer index 99 is not a layer of this network: valid indices are "
+         "0..23",
          json={"base": ae(layers=99),
-               "arms": [{"name": "baseline"}, {"name": "ae16", "ae": {"layers": 16}}]}),
+               "arms": [{"name": "baseline"}, {"name": "ae20", "ae": {"layers": 20}}]}),
     Case("comparison-arm-over-compute-budget", "POST", COMPARISONS, 422,
-         "arms.1.train: the network needs 6387 BFLOPs per image at 4096x4096",
+         "arms.1.train: the network needs 6332 BFLOPs per image at 4096x4096",
          json={**comparison({"name": "big", "train": {"width": 4096, "height": 4096}}),
                "base": job(model="yolov3")}),
     # Unsafe or unreadable zips: refused before anything is extracted.
@@ -461,10 +464,10 @@ def test_bad_input_is_refused_and_leaves_nothing(
     auth: dict[str, str],
     settings: Settings,
     dataset_id: int,
-    limits: dict[str, Any],
     case: Case,
 ) -> None:
-    limits.update(case.limits)
+    for name, value in case.limits.items():
+        setattr(settings, name, value)  # the app's own settings object: read per request
     before = _state(client, auth, settings)
     kwargs: dict[str, Any] = {"headers": auth}
     if case.json is not None:

@@ -8,6 +8,11 @@ from fastapi.testclient import TestClient
 from api.core.settings import Settings
 from tests.api.conftest import ready_dataset
 
+LAYER_99 = (
+    "AE layer index 99 is not a layer of this network: valid indices are 0..23 "
+    "(see the layer table)"
+)
+
 
 def _comparison(dataset_id: int, *arms: dict[str, Any], **base: Any) -> dict[str, Any]:
     return {
@@ -29,9 +34,7 @@ def test_an_arms_fault_is_located_under_its_index(
     dataset = ready_dataset(settings, "alice")
     missing_layer = _comparison(dataset, {"name": "ok", "ae": {"layers": 20}},
                                 {"name": "ae99", "ae": {"layers": 99}})  # fmt: skip
-    assert _errors(client, auth, missing_layer) == [
-        (["body", "arms", 2, "ae", "layers"], "layer 99 does not exist: the cfg has layers 0..23")
-    ]
+    assert _errors(client, auth, missing_layer) == [(["body", "arms", 2, "ae", "layers"], LAYER_99)]
     # The base fits the budget; the arm's training size does not: the arm's train is at fault.
     big = _comparison(dataset, {"name": "big", "train": {"width": 4096, "height": 4096}},
                       model="yolov3")  # fmt: skip
@@ -44,11 +47,9 @@ def test_a_fault_of_the_base_is_located_under_base(
     client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
     dataset = ready_dataset(settings, "alice")
-    inherited = _comparison(dataset, {"name": "ae16", "ae": {"layers": 16}}, ae={"layers": 99})
-    assert _errors(client, auth, inherited) == [
-        (["body", "base", "ae", "layers"], "layer 99 does not exist: the cfg has layers 0..23")
-    ]
-    no_dataset = _comparison(999999, {"name": "ae16", "ae": {"layers": 16}})
+    inherited = _comparison(dataset, {"name": "ae20", "ae": {"layers": 20}}, ae={"layers": 99})
+    assert _errors(client, auth, inherited) == [(["body", "base", "ae", "layers"], LAYER_99)]
+    no_dataset = _comparison(999999, {"name": "ae20", "ae": {"layers": 20}})
     assert _errors(client, auth, no_dataset) == [
         (["body", "base", "dataset_id"], "no dataset 999999; see GET /v1/datasets")
     ]
@@ -58,7 +59,7 @@ def test_a_base_fault_that_every_arm_overrides_is_no_fault(
     client: TestClient, auth: dict[str, str], settings: Settings
 ) -> None:
     dataset = ready_dataset(settings, "alice")
-    body = _comparison(dataset, {"name": "ae16", "ae": {"layers": 16}}, ae={"layers": 99})
+    body = _comparison(dataset, {"name": "ae20", "ae": {"layers": 20}}, ae={"layers": 99})
     body["arms"][0]["ae"] = None
     created = client.post("/v1/comparisons", json=body, headers=auth)
     assert created.status_code == 201, created.text
