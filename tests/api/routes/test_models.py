@@ -108,6 +108,8 @@ def test_cfg_without_a_head_is_accepted_with_a_warning(
         (TINY_CFG.replace("filters=45", "filters=44", 1), "set filters=45"),
         (TINY_CFG.replace("activation=leaky", "activation=sparkly", 1), "sparkly"),
         ("width=416\n", "a cfg starts with [net]"),
+        # Darknet knows it, aetrain does not train it: refused here, not in the worker.
+        (TINY_CFG.replace("policy=steps", "policy=random", 1), "policy=random"),
     ],
 )
 def test_bad_cfg_is_422_naming_the_line(
