@@ -4,6 +4,7 @@ Torch-free on purpose: the API and the CLI read cfgs and print layer tables with
 torch. ``ae_model.layers`` builds the PyTorch modules from the sections parsed here.
 
 - ``lexer``: text into raw ``[section]``s, as darknet's ``read_cfg``; :class:`CfgError`.
+- ``limits``: the bounds on a cfg's text, numbers, lists and layer outputs, declared once.
 - ``sections``: ``[net]`` options and a class per layer type, with shapes and BFLOPs.
 - ``parser``: darknet's defaults and checks per section: :func:`parse_cfg`, :class:`DarknetConfig`.
 - ``bundled``: the cfgs in ``bundled/`` and :func:`resolve_cfg` (a name, a path or a config).

@@ -47,7 +47,7 @@ def retarget_classes(cfg_text: str, num_classes: int) -> str:
                 "set the filters= of its input layer by hand"
             )
         reader = SectionReader(raw, kind, source)
-        num = reader.integer("num", 1, minimum=1)
+        num = reader.integer("num", 1)
         if kind == "yolo":
             filters = (num_classes + 5) * len(reader.integers("mask") or range(num))
         else:

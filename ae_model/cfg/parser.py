@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ae_model.cfg.lexer import CfgError, RawSection, lex_cfg
+from ae_model.cfg.lexer import CfgError, RawSection, lex_cfg, shown
+from ae_model.cfg.limits import key_limit
 from ae_model.cfg.sections import (
     ACTIVATIONS,
     IOU_LOSSES,
@@ -87,6 +89,9 @@ _IGNORED_KEYS = {
     "region": frozenset(["absolute", "max", "log", "sqrt", "map", "nms_kind", "beta_nms"]),
 }
 
+# How a value is named in errors, alone and in a list.
+_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers")}
+
 
 class SectionReader:
     """Typed reads of one section's options with darknet's defaults; remembers what was read."""
@@ -112,55 +117,60 @@ class SectionReader:
         value = self.get(key)
         return default if value is None else value
 
-    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
-        value = self.get(key)
-        if value is None:
-            return default
+    def _value_error(self, key: str, value: str, message: str) -> CfgError:
+        return self.error(f"{key}={shown(value)}: {message}", key)
+
+    def _parse_item(self, key: str, value: str, item: str, kind: type[float], listed: bool) -> Any:
+        """``item`` of ``key=value`` as ``kind`` (int or float), finite and within the key's
+        bounds (``ae_model.cfg.limits``); ``listed`` when ``value`` is a comma-separated list."""
+        one, many = _NOUNS[kind]
         try:
-            number = int(value)
+            number = kind(item)
         except ValueError:
-            raise self.error(f"{key}={value}: expected an integer", key) from None
-        if minimum is not None and number < minimum:
-            raise self.error(f"{key}={value}: expected an integer >= {minimum}", key)
+            expected = f"{many}, separated by commas" if listed else one
+            raise self._value_error(key, value, f"expected {expected}") from None
+        limit = key_limit(self.kind, key)
+        bounds = limit.describe(many if listed else one)
+        subject = f"{shown(item)} is " if listed else ""
+        # An int is always finite, and math.isfinite cannot take one past a float's range.
+        if isinstance(number, float) and not math.isfinite(number):
+            raise self._value_error(key, value, f"{subject}not a finite number; expected {bounds}")
+        if not limit.low <= number <= limit.high:
+            out_of_range = f"{subject}out of range; " if listed else ""
+            raise self._value_error(key, value, f"{out_of_range}expected {bounds}")
         return number
+
+    def integer(self, key: str, default: int) -> int:
+        value = self.get(key)
+        return default if value is None else int(self._parse_item(key, value, value, int, False))
 
     def number(self, key: str, default: float) -> float:
         value = self.get(key)
-        if value is None:
-            return default
-        try:
-            return float(value)
-        except ValueError:
-            raise self.error(f"{key}={value}: expected a number", key) from None
+        return default if value is None else self._parse_item(key, value, value, float, False)
 
     def flag(self, key: str, default: bool = False) -> bool:
         return self.integer(key, int(default)) != 0
 
-    def _items(self, key: str) -> list[str]:
+    def _items(self, key: str, kind: type[float]) -> tuple[Any, ...]:
         value = self.get(key)
         if value is None:
-            return []
+            return ()
         # darknet counts commas, so a trailing comma is harmless there too.
-        items = value.removesuffix(",").split(",")
+        listed = value.removesuffix(",")
+        most = key_limit(self.kind, key).items
+        # Counted before splitting: a list of a million items is refused without being built.
+        if listed.count(",") >= most:
+            raise self._value_error(key, value, f"expected at most {most} comma-separated items")
+        items = listed.split(",")
         if any(not item for item in items):
-            raise self.error(f"{key}={value}: empty item in a comma-separated list", key)
-        return items
+            raise self._value_error(key, value, "empty item in a comma-separated list")
+        return tuple(self._parse_item(key, value, item, kind, True) for item in items)
 
     def integers(self, key: str) -> tuple[int, ...]:
-        try:
-            return tuple(int(item) for item in self._items(key))
-        except ValueError:
-            raise self.error(
-                f"{key}={self.raw.options[key]}: expected integers, separated by commas", key
-            ) from None
+        return tuple(int(item) for item in self._items(key, int))
 
     def numbers(self, key: str) -> tuple[float, ...]:
-        try:
-            return tuple(float(item) for item in self._items(key))
-        except ValueError:
-            raise self.error(
-                f"{key}={self.raw.options[key]}: expected numbers, separated by commas", key
-            ) from None
+        return self._items(key, float)
 
     def activation(self, default: str) -> str:
         name = self.text("activation", default)
@@ -182,16 +192,33 @@ class SectionReader:
         known = self.read | _ANY_LAYER_KEYS | _IGNORED_KEYS.get(self.kind, frozenset())
         unknown = sorted(self.raw.options.keys() - known, key=self.raw.option_lines.__getitem__)
         return [
-            f"{self.where(key)}: unknown key '{key}' in [{self.kind}] ignored" for key in unknown
+            f"{self.where(key)}: unknown key '{shown(key)}' in [{self.kind}] ignored"
+            for key in unknown
         ]
+
+    def check_unread_numbers(self) -> None:
+        """Refuse a number that is not finite in a key no read asked for (darknet's own keys,
+        unknown ones, ``assisted_excitation``): whatever reads it later meets finite numbers."""
+        unread = self.raw.options.keys() - self.read
+        for key in sorted(unread, key=self.raw.option_lines.__getitem__):
+            value = self.raw.options[key]
+            for item in value.split(","):
+                try:
+                    number = float(item)
+                except ValueError:
+                    continue
+                if not math.isfinite(number):
+                    raise self._value_error(
+                        key, value, f"{shown(item)} is not a finite number; use a finite one"
+                    )
 
     def layer_index(self, key: str, value: int, index: int) -> int:
         """Resolve darknet's relative (negative) layer index; it must name an earlier layer."""
         target = index + value if value < 0 else value
         if not 0 <= target < index:
             raise self.error(
-                f"{key}={self.raw.options[key]}: {value} refers to layer {target}, but this is "
-                f"layer {index}, so only layers 0..{index - 1} can be used",
+                f"{key}={shown(self.raw.options[key])}: {value} refers to layer {target}, but "
+                f"this is layer {index}, so only layers 0..{index - 1} can be used",
                 key,
             )
         return target
@@ -209,12 +236,12 @@ def _anchors(r: SectionReader, num: int) -> tuple[tuple[float, float], ...]:
 
 
 def _parse_convolutional(r: SectionReader) -> dict[str, Any]:
-    size = r.integer("size", 1, minimum=1)
-    stride = r.integer("stride", 1, minimum=1)
+    size = r.integer("size", 1)
+    stride = r.integer("stride", 1)
     pad = r.integer("pad", 0)
-    padding = r.integer("padding", 0, minimum=0)
-    groups = r.integer("groups", 1, minimum=1)
-    filters = r.integer("filters", 1, minimum=1)
+    padding = r.integer("padding", 0)
+    groups = r.integer("groups", 1)
+    filters = r.integer("filters", 1)
     if filters % groups:
         raise r.error(f"filters={filters} is not divisible by groups={groups}", "filters")
     for key in ("antialiasing", "binary", "xnor"):
@@ -222,11 +249,11 @@ def _parse_convolutional(r: SectionReader) -> dict[str, Any]:
     return {
         "filters": filters,
         "size": size,
-        "stride_x": r.integer("stride_x", stride, minimum=1),
-        "stride_y": r.integer("stride_y", stride, minimum=1),
+        "stride_x": r.integer("stride_x", stride),
+        "stride_y": r.integer("stride_y", stride),
         "padding": size // 2 if pad else padding,
         # darknet ignores dilation for 1x1 kernels.
-        "dilation": 1 if size == 1 else r.integer("dilation", 1, minimum=1),
+        "dilation": 1 if size == 1 else r.integer("dilation", 1),
         "groups": groups,
         "batch_normalize": r.flag("batch_normalize"),
         "activation": r.activation("logistic"),
@@ -234,28 +261,28 @@ def _parse_convolutional(r: SectionReader) -> dict[str, Any]:
 
 
 def _parse_maxpool(r: SectionReader) -> dict[str, Any]:
-    stride = r.integer("stride", 1, minimum=1)
-    size = r.integer("size", stride, minimum=1)
+    stride = r.integer("stride", 1)
+    size = r.integer("size", stride)
     for key in ("maxpool_depth", "antialiasing"):
         r.reject(key, "0")
     return {
         "size": size,
-        "stride_x": r.integer("stride_x", stride, minimum=1),
-        "stride_y": r.integer("stride_y", stride, minimum=1),
-        "padding": r.integer("padding", size - 1, minimum=0),
+        "stride_x": r.integer("stride_x", stride),
+        "stride_y": r.integer("stride_y", stride),
+        "padding": r.integer("padding", size - 1),
     }
 
 
 def _parse_upsample(r: SectionReader) -> dict[str, Any]:
-    return {"stride": r.integer("stride", 2, minimum=1), "scale": r.number("scale", 1.0)}
+    return {"stride": r.integer("stride", 2), "scale": r.number("scale", 1.0)}
 
 
 def _parse_route(r: SectionReader, index: int) -> dict[str, Any]:
     layers = r.integers("layers")
     if not layers:
         raise r.error("needs layers= (the layers to concatenate)")
-    groups = r.integer("groups", 1, minimum=1)
-    group_id = r.integer("group_id", 0, minimum=0)
+    groups = r.integer("groups", 1)
+    group_id = r.integer("group_id", 0)
     if group_id >= groups:
         raise r.error(
             f"group_id={group_id}: expected 0..{groups - 1} for groups={groups}", "group_id"
@@ -282,7 +309,7 @@ def _parse_shortcut(r: SectionReader, index: int) -> dict[str, Any]:
 def _parse_reorg(r: SectionReader) -> dict[str, Any]:
     for key in ("reverse", "flatten", "extra"):
         r.reject(key, "0")
-    return {"stride": r.integer("stride", 1, minimum=1)}
+    return {"stride": r.integer("stride", 1)}
 
 
 def _parse_dropout(r: SectionReader) -> dict[str, Any]:
@@ -294,11 +321,13 @@ def _parse_dropout(r: SectionReader) -> dict[str, Any]:
 
 
 def _parse_yolo(r: SectionReader) -> dict[str, Any]:
-    classes = r.integer("classes", 20, minimum=1)
-    num = r.integer("num", 1, minimum=1)
+    classes = r.integer("classes", 20)
+    num = r.integer("num", 1)
     mask = r.integers("mask") or tuple(range(num))
     if any(not 0 <= m < num for m in mask):
-        raise r.error(f"mask={r.raw.options['mask']}: expected anchor indices 0..{num - 1}", "mask")
+        raise r.error(
+            f"mask={shown(r.raw.options['mask'])}: expected anchor indices 0..{num - 1}", "mask"
+        )
     iou_loss = r.text("iou_loss", "mse")
     if iou_loss not in IOU_LOSSES:
         raise r.error(
@@ -326,14 +355,14 @@ def _parse_yolo(r: SectionReader) -> dict[str, Any]:
 
 
 def _parse_region(r: SectionReader) -> dict[str, Any]:
-    num = r.integer("num", 1, minimum=1)
+    num = r.integer("num", 1)
     coords = r.integer("coords", 4)
     if coords != 4:
         raise r.error(f"coords={coords} is not supported (only 4)", "coords")
     for key in ("tree", "background"):
         r.reject(key, "0")
     return {
-        "classes": r.integer("classes", 20, minimum=1),
+        "classes": r.integer("classes", 20),
         "coords": coords,
         "num": num,
         "anchors": _anchors(r, num),
@@ -366,17 +395,17 @@ def _parse_net(r: SectionReader) -> NetOptions:
     net = NetOptions(
         options=dict(r.raw.options),
         line=r.raw.line,
-        batch=r.integer("batch", 1, minimum=1),
-        subdivisions=r.integer("subdivisions", 1, minimum=1),
+        batch=r.integer("batch", 1),
+        subdivisions=r.integer("subdivisions", 1),
         width=r.integer("width", 0),
         height=r.integer("height", 0),
         channels=r.integer("channels", 0),
         momentum=r.number("momentum", 0.9),
         decay=r.number("decay", 0.0001),
         learning_rate=r.number("learning_rate", 0.001),
-        burn_in=r.integer("burn_in", 0, minimum=0),
+        burn_in=r.integer("burn_in", 0),
         power=r.number("power", 4.0),
-        max_batches=r.integer("max_batches", 0, minimum=0),
+        max_batches=r.integer("max_batches", 0),
         policy=policy,
         step=r.integer("step", 1),
         scale=r.number("scale", 1.0),
@@ -444,13 +473,14 @@ def parse_cfg(text: str, source: str = "<cfg>") -> DarknetConfig:
         raise CfgError(f"{source}:{line}: the first section must be [net] (or [network])")
     net_reader = SectionReader(raw_sections[0], "net", source)
     net = _parse_net(net_reader)
+    net_reader.check_unread_numbers()
     warnings += net_reader.unknown_keys()
     sections: list[Section] = []
     for index, raw in enumerate(raw_sections[1:]):
         kind = SECTION_TYPES.get(raw.name)
         if kind is None or kind == "net":
             supported = ", ".join(f"[{name}]" for name in sorted(set(SECTION_TYPES.values())))
-            what = "a second [net]" if kind else f"unknown section [{raw.name}]"
+            what = "a second [net]" if kind else f"unknown section [{shown(raw.name)}]"
             raise CfgError(f"{source}:{raw.line}: {what}; expected one of {supported}")
         reader = SectionReader(raw, kind, source)
         if kind in _INDEXED_PARSERS:
@@ -459,6 +489,7 @@ def parse_cfg(text: str, source: str = "<cfg>") -> DarknetConfig:
         else:
             cls, parse = _LAYER_PARSERS[kind]
             values = parse(reader)
+        reader.check_unread_numbers()
         warnings += reader.unknown_keys()
         common = {"type": kind, "options": dict(raw.options), "line": raw.line, "source": source}
         sections.append(cls(**common, index=index, **values))

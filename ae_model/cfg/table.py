@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ae_model.cfg.lexer import CfgError
+from ae_model.cfg.limits import MAX_CHANNELS, MAX_LAYER_VALUES, MAX_SIDE
 from ae_model.cfg.sections import (
     AvgpoolSection,
     ConvolutionalSection,
@@ -70,23 +71,45 @@ def _filters_size_stride(section: Section) -> tuple[int, int, int]:
     return 0, 0, 0
 
 
+def _too_large(shape: Shape) -> str | None:
+    """What is over the bounds in a ``(w, h, c)`` shape (``ae_model.cfg.limits``); None if
+    nothing is."""
+    w, h, c = shape
+    if max(w, h) > MAX_SIDE or c > MAX_CHANNELS or w * h * c > MAX_LAYER_VALUES:
+        return (
+            f"{w}x{h}x{c} is too large: at most {MAX_SIDE} wide and high, {MAX_CHANNELS} "
+            f"channels and {MAX_LAYER_VALUES} values per image"
+        )
+    return None
+
+
 def layer_table(
     config: DarknetConfig, width: int | None = None, height: int | None = None
 ) -> list[LayerRow]:
     """Shapes and BFLOPs of every layer for a ``width x height`` input (default: the cfg's).
 
-    Raises ``CfgError`` naming the line where shapes stop fitting together.
+    Raises ``CfgError`` naming the line where shapes stop fitting together, or the first layer
+    whose output is over the bounds of ``ae_model.cfg.limits``; checked layer by layer, so
+    shapes that grow without end stop there, as small numbers.
     """
     width = config.net.width if width is None else width
     height = config.net.height if height is None else height
     if width < 1 or height < 1:
         raise CfgError(f"input size {width}x{height}: expected positive width and height")
     prev: Shape = (width, height, config.net.channels)
+    too_large = _too_large(prev)
+    if too_large:
+        raise CfgError(f"{config.source}: the input {too_large}; use a smaller size")
     outputs: list[Shape] = []
     rows: list[LayerRow] = []
     for section in config.sections:
         inp = section.input_shape(prev, outputs)
         out = section.output_shape(prev, outputs)
+        too_large = _too_large(out)
+        if too_large:
+            raise section.error(
+                f"output {too_large}; use fewer or smaller [upsample], [route] or filters"
+            )
         filters, size, stride = _filters_size_stride(section)
         rows.append(
             LayerRow(
