@@ -207,7 +207,11 @@ def _retargeted(
         text = retarget_classes(cfg.text, num_classes)
         return parse_cfg(text, cfg.source), tuple(sorted(classes))
     except CfgError as error:
-        raise JobSettingsError(("model",), str(error)) from error
+        raise JobSettingsError(
+            ("model",),
+            f"the cfg's heads resized to the dataset's {num_classes} classes do not make a "
+            f"network aetrain can build ({error}); train on a dataset with fewer classes",
+        ) from error
 
 
 def _check_micro_batches(batch: int, subdivisions: int, world_size: int) -> None:

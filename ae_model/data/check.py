@@ -5,7 +5,9 @@ describes and :func:`ae_model.data.datasets.open_dataset` reads (COCO JSON, a da
 ``{split}.txt``, YOLO txt folders) and returns a :class:`DatasetReport`: errors (training would
 fail or learn from wrong boxes) and warnings (it would work, but probably not as meant), each
 naming the file and, for YOLO labels, the line, for COCO the image or annotation id, and what
-to fix. Torch-free on purpose: the API validates uploads in the request without importing torch.
+to fix. Every string a report or its class names hold is storable text (no control characters,
+no UTF-16 surrogate halves, bounded length), whatever the files contain. Torch-free on purpose:
+the API validates uploads in the request without importing torch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, TypeGuard
 
 from PIL import Image
 
+from ae_model.data.archive import NOT_TEXT, name_problem, quoted
 from ae_model.data.layout import (
     IMAGE_SUFFIXES,
     SPLITS,
@@ -41,6 +44,10 @@ MAX_LISTED_PROBLEMS = 100
 # instances file is 450 MB).
 MAX_ANNOTATION_BYTES = 1 << 30
 MAX_TEXT_BYTES = 16 << 20
+# A class name is a label shown in tables and plots, stored with the dataset.
+MAX_CLASS_NAME_CHARS = 200
+# A problem's file and message as stored: messages quote file contents, which can be anything.
+MAX_PROBLEM_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -115,12 +122,24 @@ class DatasetReport:
         }
 
 
-class _Recorder:
-    """Collects problems with file names relative to ``display_root``."""
+def _storable(text: str) -> str:
+    """``text`` with control characters and surrogate halves escaped, cut to
+    ``MAX_PROBLEM_CHARS``: what a JSON column and a JSON response can hold."""
+    if len(text) > MAX_PROBLEM_CHARS:
+        text = text[: MAX_PROBLEM_CHARS - 1] + "…"
+    return NOT_TEXT.sub(lambda found: ascii(found.group())[1:-1], text)
 
-    def __init__(self, display_root: Path) -> None:
+
+class _Recorder:
+    """Collects problems with file names relative to ``display_root``; ``max_classes`` bounds
+    the classes a dataset may declare (None: no bound)."""
+
+    def __init__(self, display_root: Path, max_classes: int | None) -> None:
         self.display_root = display_root
+        self.max_classes = max_classes
         self.report = DatasetReport()
+        # Per dataset root: a names file serves every YOLO split and is checked once.
+        self.names_files: dict[Path, tuple[str, ...] | None] = {}
 
     def rel(self, path: Path) -> str:
         try:
@@ -130,15 +149,18 @@ class _Recorder:
 
     def error(self, path: Path, message: str, **where: Any) -> None:
         if len(self.report.errors) < MAX_LISTED_PROBLEMS:
-            self.report.errors.append(Problem(self.rel(path), message, **where))
+            self.report.errors.append(self._problem(path, message, where))
         else:
             self.report.omitted_errors += 1
 
     def warning(self, path: Path, message: str, **where: Any) -> None:
         if len(self.report.warnings) < MAX_LISTED_PROBLEMS:
-            self.report.warnings.append(Problem(self.rel(path), message, **where))
+            self.report.warnings.append(self._problem(path, message, where))
         else:
             self.report.omitted_warnings += 1
+
+    def _problem(self, path: Path, message: str, where: dict[str, Any]) -> Problem:
+        return Problem(_storable(self.rel(path)), _storable(message), **where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,17 +168,22 @@ class _Recorder:
 
 
 def check_dataset(
-    root: Path, splits: Sequence[str] = SPLITS, display_root: Path | None = None
+    root: Path,
+    splits: Sequence[str] = SPLITS,
+    display_root: Path | None = None,
+    max_classes: int | None = None,
 ) -> DatasetReport:
     """Validate the dataset at ``root``: every split present, every image readable, boxes of
     positive size inside their image (within ``BOX_TOLERANCE``), class ids in range, COCO
-    references to declared images and categories, the same classes in every split.
+    references to declared images and categories, the same classes in every split, class
+    names of one line of text (at most ``MAX_CLASS_NAME_CHARS``), and at most ``max_classes``
+    of them (None: any number).
 
     Files in problems are named relative to ``display_root`` (default ``root``), e.g. the
     folder a zip was extracted into, so names match the paths in the zip.
     """
     root = Path(root)
-    rec = _Recorder(Path(display_root) if display_root is not None else root)
+    rec = _Recorder(Path(display_root) if display_root is not None else root, max_classes)
     names_by_split: dict[str, tuple[str, ...]] = {}
     for split in splits:
         result = _check_split(root, split, rec)
@@ -169,10 +196,20 @@ def check_dataset(
             if other != names:
                 rec.error(
                     root,
-                    f"split '{split}' has classes {list(other)} but '{first_split}' has "
-                    f"{list(names)}; every split must declare the same classes in the same order",
+                    f"split '{split}' declares other classes than '{first_split}' "
+                    f"({_first_difference(other, names)}); every split must declare the same "
+                    "classes in the same order",
                 )
     return rec.report
+
+
+def _first_difference(names: Sequence[str], reference: Sequence[str]) -> str:
+    """Where two class lists first differ, e.g. ``class 3 is 'cat', not 'dog'``."""
+    pairs = zip(names, reference, strict=False)
+    index = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
+    if index is None:
+        return f"{len(names)} classes, not {len(reference)}"
+    return f"class {index} is {quoted(names[index])}, not {quoted(reference[index])}"
 
 
 def _check_split(
@@ -258,17 +295,28 @@ def _finite_numbers(values: Any, n: int) -> list[float] | None:
         return None
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return None
-    numbers = [float(v) for v in values]
+    try:
+        numbers = [float(v) for v in values]
+    except OverflowError:  # an integer beyond float's range, e.g. 10**400 written out
+        return None
     return numbers if all(math.isfinite(v) for v in numbers) else None
 
 
-def _path_inside(root: Path, base: Path, name: str) -> Path | None:
-    """``base / name`` if ``name`` is a plain relative path that stays inside ``root``."""
+def _path_inside(root: Path, base: Path, name: str, base_shown: str) -> Path | str:
+    """``base / name`` if ``name`` is a plain relative path that stays inside ``root`` and a
+    file system can hold, else what is wrong with it (``base_shown`` names ``base``)."""
+    problem = name_problem(name)
+    if problem is not None:
+        return problem
     relative = PurePosixPath(name)
-    if "\x00" in name or relative.is_absolute() or ".." in relative.parts:
-        return None
     path = base / name
-    return path if path.resolve().is_relative_to(root.resolve()) else None
+    if (
+        relative.is_absolute()
+        or ".." in relative.parts
+        or not path.resolve().is_relative_to(root.resolve())
+    ):
+        return f"must be a path relative to {base_shown} and stay inside it"
+    return path
 
 
 def _read_text(path: Path, rec: _Recorder, limit: int = MAX_TEXT_BYTES) -> str | None:
@@ -299,7 +347,7 @@ def _check_coco(
         return None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # ValueError: also an integer of 5000 digits
         rec.error(annotation_file, f"is not valid JSON ({error}); fix the file")
         return None
     if not isinstance(data, dict):
@@ -352,6 +400,8 @@ def _coco_categories(annotation_file: Path, entries: list[Any], rec: _Recorder) 
                 annotation_file,
                 f"categories[{position}] needs an integer 'id' and a non-empty 'name'",
             )
+        elif (problem := _class_name_problem(name)) is not None:
+            rec.error(annotation_file, f"categories[{position}] name {quoted(name)} {problem}")
         elif cat_id in categories:
             rec.error(
                 annotation_file, f"category id {cat_id} is declared twice; ids must be unique"
@@ -363,7 +413,29 @@ def _coco_categories(annotation_file: Path, entries: list[Any], rec: _Recorder) 
             annotation_file,
             'declares no categories; add {"id": 1, "name": ...} entries to \'categories\'',
         )
+    _check_class_count(annotation_file, len(entries), rec)
     return categories
+
+
+def _class_name_problem(name: str) -> str | None:
+    """What keeps ``name`` from being a class name (one line of storable text), or None."""
+    bad = NOT_TEXT.search(name)
+    if bad is not None:
+        return f"contains the character {bad.group()!a}; a class name is one line of text"
+    if len(name) > MAX_CLASS_NAME_CHARS:
+        return (
+            f"is {len(name)} characters long, over the limit of {MAX_CLASS_NAME_CHARS}; shorten it"
+        )
+    return None
+
+
+def _check_class_count(file: Path, count: int, rec: _Recorder) -> None:
+    if rec.max_classes is not None and count > rec.max_classes:
+        rec.error(
+            file,
+            f"declares {count} classes, more than this server's limit of {rec.max_classes}; "
+            "merge or drop classes",
+        )
 
 
 def _coco_images(
@@ -392,19 +464,14 @@ def _coco_images(
                 annotation_file, "needs positive integer 'width' and 'height'", image_id=image_id
             )
             continue
-        path = _path_inside(root, image_dir, file_name)
-        if path is None:
-            rec.error(
-                annotation_file,
-                f"file_name {file_name!r} must be a path relative to "
-                f"{rec.rel(image_dir)}/ and stay inside it",
-                image_id=image_id,
-            )
+        path = _path_inside(root, image_dir, file_name, f"{rec.rel(image_dir)}/")
+        if isinstance(path, str):
+            rec.error(annotation_file, f"file_name {quoted(file_name)} {path}", image_id=image_id)
             continue
         if not path.is_file():
             rec.error(
                 annotation_file,
-                f"file_name {file_name!r}: {rec.rel(path)} does not "
+                f"file_name {quoted(file_name)}: {rec.rel(path)} does not "
                 "exist; add the image or remove its entry",
                 image_id=image_id,
             )
@@ -521,17 +588,13 @@ def _darknet_list_images(root: Path, list_file: Path, rec: _Recorder) -> list[Pa
         entry = line.strip()
         if not entry:
             continue
-        path = _path_inside(root, root, entry)
-        if path is None:
-            rec.error(
-                list_file,
-                f"{entry!r} must be a path relative to the dataset's top folder, inside it",
-                line=number,
-            )
+        path = _path_inside(root, root, entry, "the dataset's top folder")
+        if isinstance(path, str):
+            rec.error(list_file, f"{quoted(entry)} {path}", line=number)
         elif not path.is_file():
             rec.error(
                 list_file,
-                f"{entry!r} does not exist; add the image or remove the line",
+                f"{quoted(entry)} does not exist; add the image or remove the line",
                 line=number,
             )
         else:
@@ -540,7 +603,14 @@ def _darknet_list_images(root: Path, list_file: Path, rec: _Recorder) -> list[Pa
 
 
 def _names_file(root: Path, rec: _Recorder) -> tuple[str, ...] | None:
-    """Class names from the one ``*.names`` (or ``classes.txt``) at the top, as the loader."""
+    """Class names from the one ``*.names`` (or ``classes.txt``) at the top, as the loader;
+    read (and its problems recorded) once, however many splits use it."""
+    if root not in rec.names_files:
+        rec.names_files[root] = _read_names_file(root, rec)
+    return rec.names_files[root]
+
+
+def _read_names_file(root: Path, rec: _Recorder) -> tuple[str, ...] | None:
     candidates = names_file_candidates(root)
     if len(candidates) != 1:
         found = ", ".join(rec.rel(c) for c in candidates)
@@ -554,17 +624,24 @@ def _names_file(root: Path, rec: _Recorder) -> tuple[str, ...] | None:
     text = _read_text(candidates[0], rec)
     if text is None:
         return None
-    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    names = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if name := line.strip():
+            names.append(name)
+            bad_name = _class_name_problem(name)
+            if bad_name is not None:
+                rec.error(candidates[0], f"class name {quoted(name)} {bad_name}", line=number)
     if not names:
         rec.error(candidates[0], "is empty; write one class name per line")
         return None
+    _check_class_count(candidates[0], len(names), rec)
     if len(set(names)) != len(names):
         rec.warning(
             candidates[0],
             "lists a class name more than once; class ids are line "
             "numbers, so duplicates make two classes of one name",
         )
-    return names
+    return tuple(names)
 
 
 def _check_yolo(

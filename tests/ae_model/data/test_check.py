@@ -1,9 +1,18 @@
 """Dataset validation on real files: valid layouts, and problems named by file, line and id."""
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
-from ae_model.data.check import MAX_LISTED_PROBLEMS, check_dataset
+import pytest
+
+from ae_model.data.check import (
+    MAX_CLASS_NAME_CHARS,
+    MAX_LISTED_PROBLEMS,
+    MAX_PROBLEM_CHARS,
+    check_dataset,
+)
 from ae_model.data.datasets import open_dataset
 from ae_model.data.synthetic import generate_dataset
 from tests.ae_model.data.dataset_files import Files, coco_files, png, write_files, yolo_files
@@ -204,3 +213,103 @@ def test_many_problems_are_counted_not_listed(tmp_path: Path) -> None:
     report = check(tmp_path, files)
     assert len(report["errors"]) == MAX_LISTED_PROBLEMS
     assert report["omitted_errors"] == 30
+
+
+# -- text a report and the class names can store ---------------------------------------------
+
+
+def test_class_names_must_be_one_line_of_text(tmp_path: Path) -> None:
+    files = coco_files()
+    # json.loads turns the escape "\ud800" into a lone surrogate, "\u0000" into a NUL.
+    files["annotations/instances_train.json"]["categories"] = [
+        {"id": 1, "name": "cat\ud800"},
+        {"id": 2, "name": "d\x00g"},
+        {"id": 3, "name": "o" * (MAX_CLASS_NAME_CHARS + 1)},
+        {"id": 4, "name": "tab\there"},
+    ]
+    report = check_dataset(write_files(tmp_path / "coco", files))
+    text = messages(report.as_dict())
+    assert "categories[0] name 'cat\\ud800' contains the character '\\ud800'" in text
+    assert "categories[1] name 'd\\x00g' contains the character '\\x00'" in text
+    assert f"is {MAX_CLASS_NAME_CHARS + 1} characters long, over the limit of" in text
+    assert "categories[3] name 'tab\\there' contains the character '\\t'" in text
+    json.dumps(report.as_dict(), ensure_ascii=False).encode()  # raises on a lone surrogate
+    yolo = yolo_files()
+    yolo["classes.txt"] = "cat\n\n" + "d" * (MAX_CLASS_NAME_CHARS + 1) + "\n"
+    problems = check(tmp_path / "yolo", yolo)["errors"]
+    assert [(p["file"], p["line"]) for p in problems] == [("classes.txt", 3)]  # once, not per split
+    assert "characters long" in problems[0]["message"]
+
+
+def test_the_number_of_classes_can_be_bounded(tmp_path: Path) -> None:
+    coco = check_dataset(write_files(tmp_path / "coco", coco_files()), max_classes=1)
+    assert [p.file for p in coco.errors] == [
+        "annotations/instances_train.json",
+        "annotations/instances_val.json",
+    ]
+    assert "declares 2 classes, more than this server's limit of 1" in coco.errors[0].message
+    yolo = check_dataset(write_files(tmp_path / "yolo", yolo_files()), max_classes=1)
+    assert [str(p) for p in yolo.errors] == [
+        "classes.txt: declares 2 classes, more than this server's limit of 1; merge or drop classes"
+    ]
+    assert check_dataset(tmp_path / "coco", max_classes=2).ok
+
+
+@pytest.mark.parametrize(
+    ("file_name", "expected"),
+    [
+        ("a\ud800.png", "contains the character '\\ud800'"),
+        ("a" * 300 + ".png", "has a name of 304 bytes, over the 255"),
+        ("/".join(["d"] * 40) + "/a.png", "is 41 folders deep"),
+    ],
+    ids=["surrogate", "too-long", "too-deep"],
+)
+def test_coco_file_names_must_be_paths_a_file_system_holds(
+    tmp_path: Path, file_name: str, expected: str
+) -> None:
+    files = coco_files()
+    files["annotations/instances_train.json"]["images"][0]["file_name"] = file_name
+    problems = check(tmp_path, files)["errors"]
+    assert problems[0]["image_id"] == 1
+    assert expected in problems[0]["message"] and problems[0]["message"].startswith("file_name ")
+    assert len(problems[0]["message"]) < 300
+
+
+def test_a_darknet_list_entry_too_long_for_the_file_system(tmp_path: Path) -> None:
+    files = yolo_files()
+    files["train.txt"] = "images/train/000.png\n" + "x" * 5000 + ".png\n"
+    report = check(tmp_path, files)
+    assert [(p["file"], p["line"]) for p in report["errors"]] == [("train.txt", 2)]
+    assert "has a name of 5004 bytes" in report["errors"][0]["message"]
+
+
+def test_integers_json_or_float_cannot_hold_are_errors(tmp_path: Path) -> None:
+    files = coco_files()
+    files["annotations/instances_train.json"] = '{"images": [' + "1" * 5000 + "]}"
+    assert "is not valid JSON" in messages(check(tmp_path / "a", files))
+    files = coco_files()
+    files["annotations/instances_train.json"]["annotations"][0]["bbox"] = [10**400, 4, 20, 16]
+    assert "'bbox' must be 4 finite numbers" in messages(check(tmp_path / "b", files))
+
+
+def test_a_report_holds_only_storable_text(tmp_path: Path) -> None:
+    # A file name that is not UTF-8 (possible on disk, not through a zip) and an image id of
+    # 4000 digits both end up in problems; both are stored as JSON text.
+    files = coco_files()
+    files["annotations/instances_train.json"]["annotations"][0]["image_id"] = int("9" * 4000)
+    root = write_files(tmp_path, files)
+    (root / "images" / "train").joinpath(os.fsdecode(b"\xff.png")).write_bytes(png())
+    report = check_dataset(root).as_dict()
+    stored = json.dumps(report, ensure_ascii=False).encode()  # raises on a lone surrogate
+    assert b"\\\\udcff.png" in stored
+    long_message = next(p["message"] for p in report["errors"] if "image_id" in p["message"])
+    assert len(long_message) == MAX_PROBLEM_CHARS and long_message.endswith("…")
+
+
+def test_splits_that_disagree_name_the_first_difference(tmp_path: Path) -> None:
+    files = coco_files()
+    files["annotations/instances_val.json"]["categories"][1]["name"] = "owl"
+    assert "(class 1 is 'owl', not 'dog')" in messages(check(tmp_path / "a", files))
+    files["annotations/instances_val.json"]["categories"].append({"id": 3, "name": "eel"})
+    files["annotations/instances_val.json"]["categories"][1]["name"] = "dog"
+    assert "(3 classes, not 2)" in messages(check(tmp_path / "b", files))
