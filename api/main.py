@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ae_model import __version__
 from api.auth import VerifiedKeys
@@ -23,8 +25,19 @@ from api.deps import POOL_SIZE, STREAM_POLLS
 from api.metric_pages import SettledRowsCache
 from api.migrate import check_up_to_date
 from api.reaper import reap_forever
-from api.routes import comparisons, datasets, health, jobs, models, service_error_response
+from api.routes import (
+    comparisons,
+    database_unavailable_response,
+    datasets,
+    health,
+    jobs,
+    models,
+    service_error_response,
+    usage,
+    validation_error_response,
+)
 from api.services.errors import ServiceError
+from api.validation import RequestGuard
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,9 +91,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(ServiceError, service_error_response)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+    app.add_exception_handler(OperationalError, database_unavailable_response)
+    app.add_exception_handler(InterfaceError, database_unavailable_response)
+    app.add_middleware(RequestGuard, settings=settings)
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(jobs.router)
     app.include_router(comparisons.router)
+    app.include_router(usage.router)
     return app

@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(default=8 << 30, gt=0)
     max_dataset_files: int = Field(default=100_000, gt=0)
     max_compression_ratio: float = Field(default=100.0, gt=1)
+    # Classes an uploaded dataset may declare: a job's heads grow with them (yolov3 with 10000
+    # classes has 115 M parameters, within max_params_m).
+    max_classes: int = Field(default=10_000, gt=0)
+    # Every other request body (JSON), refused while it arrives: the largest a client needs
+    # is a cfg of 512 Ki characters, written with JSON escapes.
+    max_json_bytes: int = Field(default=4 << 20, gt=0)
+    # Per tenant, bytes of datasets and jobs' folders on the artifact store: a dataset that
+    # would pass it is refused (413), naming what to delete (GET /v1/usage shows the sum).
+    max_tenant_bytes: int = Field(default=50 << 30, gt=0)
 
     @field_validator("home")
     @classmethod

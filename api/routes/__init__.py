@@ -1,8 +1,13 @@
 """The HTTP edge: a router per resource, each route parsing a request, calling a service
 (``api.services``) and returning a schema (``api.schemas``); and the one place a service's
-refusal becomes an HTTP status."""
+refusal becomes an HTTP status, as do a request's invalid fields and a database it cannot
+reach."""
+
+import logging
+from typing import Any
 
 from fastapi import Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.services.errors import (
@@ -10,6 +15,7 @@ from api.services.errors import (
     Invalid,
     NotFound,
     OverLimit,
+    OverQuota,
     ServiceError,
     Unavailable,
 )
@@ -19,6 +25,7 @@ SERVICE_ERROR_STATUS: dict[type[ServiceError], int] = {
     Conflict: status.HTTP_409_CONFLICT,
     Invalid: status.HTTP_422_UNPROCESSABLE_CONTENT,
     OverLimit: status.HTTP_429_TOO_MANY_REQUESTS,
+    OverQuota: status.HTTP_413_CONTENT_TOO_LARGE,
     Unavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
@@ -28,3 +35,38 @@ async def service_error_response(request: Request, error: Exception) -> JSONResp
     assert isinstance(error, ServiceError)
     code = next(SERVICE_ERROR_STATUS[k] for k in type(error).__mro__ if k in SERVICE_ERROR_STATUS)
     return JSONResponse({"detail": error.detail}, status_code=code)
+
+
+def _printable(text: str) -> str:
+    # A message or location can quote the request; what UTF-8 cannot encode is escaped.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _field_error(error: dict[str, Any]) -> dict[str, Any]:
+    loc = [part if isinstance(part, int) else _printable(str(part)) for part in error["loc"]]
+    return {"type": error["type"], "loc": loc, "msg": _printable(str(error["msg"]))}
+
+
+async def validation_error_response(request: Request, error: Exception) -> JSONResponse:
+    """A request's invalid fields (``RequestValidationError``): FastAPI's list of
+    ``{type, loc, msg}``, without the ``input`` FastAPI would echo: a whole body for a body
+    of the wrong type, and values no JSON answer can carry."""
+    assert isinstance(error, RequestValidationError)
+    detail = [_field_error(e) for e in error.errors()]
+    return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+# Seconds a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def database_unavailable_response(request: Request, error: Exception) -> JSONResponse:
+    """The answer to a database error that is the server's condition, not the request's
+    (SQLAlchemy's ``OperationalError`` and ``InterfaceError``: the database restarting,
+    unreachable or refusing connections): 503, with ``Retry-After``."""
+    logging.getLogger(__name__).warning("database unavailable: %s", error)
+    return JSONResponse(
+        {"detail": "the database is unavailable (restarting or unreachable); retry shortly"},
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )

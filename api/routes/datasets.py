@@ -1,12 +1,9 @@
 """Datasets: uploaded as a zip and validated, or generated (``api.services.datasets``)."""
 
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile, status
-from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
-from starlette.types import Message
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi.responses import JSONResponse
 
 from api.core.db.models import MAX_ROW_ID
 from api.deps import SessionDep, SettingsDep, TenantDep
@@ -15,52 +12,9 @@ from api.schemas.datasets import DatasetGenerate, DatasetPublic, DatasetRejected
 from api.services import datasets
 from api.services.datasets import DatasetHasErrors
 
-
-def _too_large(limit: int) -> HTTPException:
-    return HTTPException(
-        status.HTTP_413_CONTENT_TOO_LARGE,
-        f"the request body is larger than the upload limit of {limit} bytes; upload a smaller "
-        "zip (drop unused images, or re-encode them as JPEG)",
-    )
-
-
-class UploadSizeLimitedRoute(APIRoute):
-    """A route that refuses bodies over ``AETRAIN_MAX_UPLOAD_BYTES`` before they reach the disk.
-
-    FastAPI parses a multipart body before it resolves dependencies, so the limit is applied
-    here, by Content-Length up front and by counting while the body streams in.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def limited_handler(request: Request) -> Response:
-            limit = request.app.state.settings.max_upload_bytes
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise _too_large(limit)
-            receive = request.receive
-            received = 0
-
-            async def counting_receive() -> Message:
-                nonlocal received
-                message = await receive()
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _too_large(limit)
-                return message
-
-            return await handler(Request(request.scope, counting_receive))
-
-        return limited_handler
-
-
-router = APIRouter(
-    prefix="/v1/datasets",
-    tags=["datasets"],
-    responses=UNAUTHORIZED,
-    route_class=UploadSizeLimitedRoute,
-)
+# An upload's body is refused over AETRAIN_MAX_UPLOAD_BYTES while it arrives, before it
+# reaches the disk, by api.validation.RequestGuard (as every body is over its limit).
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=UNAUTHORIZED)
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such dataset of this tenant."}
@@ -74,7 +28,10 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     summary="Upload a dataset (zip, COCO or YOLO layout)",
     responses={
         400: {"description": "The body is not valid multipart form data."},
-        413: {"description": "The upload is larger than the limit."},
+        413: {
+            "description": "The upload is larger than the limit, or the dataset would pass "
+            "the tenant's storage quota (the detail says what to delete)."
+        },
         422: {
             "model": DatasetRejected,
             "description": "The zip is unsafe or unreadable (detail only), or the dataset has "
@@ -115,6 +72,7 @@ def upload_dataset(
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetPublic,
     summary="Generate a dataset (digits or shapes, deterministic by seed)",
+    responses={413: {"description": "The dataset would pass the tenant's storage quota."}},
 )
 def generate(
     spec: DatasetGenerate, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep
@@ -140,3 +98,18 @@ def list_datasets(
 )
 def get_dataset(dataset_id: int, session: SessionDep, tenant_id: TenantDep) -> DatasetPublic:
     return datasets.get_dataset(session, tenant_id, dataset_id)
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a dataset",
+    responses={**NOT_FOUND, 409: {"description": "A queued or running job trains on it."}},
+)
+def delete_dataset(
+    dataset_id: int, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep
+) -> None:
+    """Delete the dataset and its files. While a queued or running job uses it, 409: cancel
+    the job or let it finish. Finished jobs keep their results and checkpoints. A second
+    delete answers 404."""
+    datasets.delete_dataset(session, tenant_id, settings, dataset_id)

@@ -1,11 +1,12 @@
-"""Training jobs: submit, list, inspect, cancel, metrics (paged and streamed), checkpoints."""
+"""Training jobs: submit, list, inspect, cancel, delete, metrics (paged and streamed),
+checkpoints."""
 
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -13,7 +14,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from api.core.db.models import MAX_ROW_ID, TERMINAL_STATES, Job, JobState
 from api.core.job_spec import JobCreate
 from api.deps import SessionDep, SettingsDep, TenantDep
-from api.metric_pages import job_metrics_page
+from api.metric_pages import forget_jobs, job_metrics_page
 from api.schemas.common import UNAUTHORIZED, Page
 from api.schemas.jobs import (
     SUBMIT_RESPONSES,
@@ -31,6 +32,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job 
 
 CHECKPOINT_FORMATS = {"pt": "application/octet-stream", "weights": "application/octet-stream"}
 SSE_POLL_SECONDS = 0.5
+# A metrics event's id is its last metric row's id, a PostgreSQL bigint.
+MAX_METRIC_ID = 2**63 - 1
 
 
 def owned_job(job_id: int, session: SessionDep, tenant_id: TenantDep) -> Job:
@@ -90,6 +93,26 @@ def cancel_job(job_id: int, session: SessionDep, tenant_id: TenantDep) -> JobPub
     """A queued job is cancelled at once; a running one stops at its next iteration boundary
     (within a few seconds), keeping its last checkpoint. A finished job answers 409."""
     return jobs.cancel_job(session, tenant_id, job_id)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a finished job",
+    responses={
+        **NOT_FOUND,
+        409: {"description": "The job is queued or running, or part of a comparison."},
+    },
+)
+def delete_job(
+    job_id: int, request: Request, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep
+) -> None:
+    """Delete a finished job: its metrics, log, checkpoints and artifact folder. A queued or
+    running job answers 409 (cancel it first), and so does a comparison's job (delete the
+    comparison). A deleted job answers 404, as does a second delete."""
+    jobs.delete_job(session, tenant_id, settings, job_id)
+    state = request.app.state
+    forget_jobs(state.metrics_pages, state.settled_rows, tenant_id, {job_id})
 
 
 @router.get(
@@ -157,12 +180,23 @@ def _poll(
     responses=NOT_FOUND,
 )
 async def job_events(
-    job_id: int, request: Request, tenant_id: TenantDep, _job: OwnedJobDep
+    job_id: int,
+    request: Request,
+    tenant_id: TenantDep,
+    _job: OwnedJobDep,
+    last_event_id: Annotated[
+        int,
+        Header(
+            ge=0,
+            le=MAX_METRIC_ID,
+            description="The id of the last `metrics` event received: resume after it.",
+        ),
+    ] = 0,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-sent events: ``state`` when the job changes state, ``metrics`` with new rows,
-    and ``end`` once the job has finished. Reconnect with ``Last-Event-ID`` to resume."""
-    last_event = request.headers.get("last-event-id", "0")
-    after_id = int(last_event) if last_event.isdigit() else 0
+    and ``end`` once the job has finished. Reconnect with ``Last-Event-ID`` to resume; an id
+    that is not one this stream sent (not a number, or beyond 64 bits) is 422."""
+    after_id = last_event_id
     last_state = None
     while True:
         state, rows, after_id = await anyio.to_thread.run_sync(

@@ -1,7 +1,9 @@
 """Schemathesis against a running server's OpenAPI schema, on SQLite and on PostgreSQL: no
 request it can generate gets a 500, and every answer has a documented status, content type and
 body. Jobs stay queued (the server runs without a worker); dataset generation is left out
-because a valid request can ask for minutes of image rendering."""
+because a valid request can ask for minutes of image rendering. Beside what Schemathesis
+generates (NUL included), tests/api/fuzz_hooks.py puts non-finite numbers, lone surrogates,
+NUL and integers beyond 64 bits into some bodies and query strings."""
 
 import os
 import subprocess
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from api.client import free_port, wait_until_serving
-from tests.conftest import fresh_postgres_database
+from tests.conftest import REPO_ROOT, fresh_postgres_database
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,response_schema_conformance,"
@@ -67,11 +69,12 @@ def postgres_module_url(postgres_admin_url: str) -> Iterator[str]:
 def test_no_server_error_and_every_answer_is_documented(server: dict[str, Any]) -> None:
     # Schemathesis' own runner (its pytest plugin does not load under this pytest); it exits
     # non-zero and prints each failing request as a curl line when any check fails.
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.api.fuzz_hooks", "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [SCHEMATHESIS, "run", f"{server['base']}/openapi.json",
          "--header", server["headers"], "--checks", CHECKS, "--max-examples", "25",
          "--workers", "1", "--seed", "1", "--exclude-path", "/v1/datasets/generate"],
-        capture_output=True, text=True, timeout=600, cwd=server["home"],
+        capture_output=True, text=True, timeout=600, cwd=server["home"], env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "generated" in done.stdout
