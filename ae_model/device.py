@@ -14,7 +14,24 @@ def select_device(name: str, rank: int = 0, world_size: int = 1) -> torch.device
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and world_size > 1:
         return torch.device("cuda", rank)  # one GPU per process
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        _check_cuda_device(device)
+    return device
+
+
+def _check_cuda_device(device: torch.device) -> None:
+    """ValueError naming the devices there are, when this machine has no ``device``: torch
+    would say only that it found no driver, or that an ordinal is invalid."""
+    count = torch.cuda.device_count()
+    index = device.index or 0
+    if index < count:
+        return
+    have = f"CUDA devices cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+    raise ValueError(
+        f"device {str(device)!r} is not on this machine, which has {have}; use device "
+        "'auto' or 'cpu', or submit to a queue whose workers have that GPU"
+    )
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,4 +1,5 @@
-"""API keys: random secrets shown once, stored as SHA-256 hashes, checked in constant time."""
+"""API keys: random secrets shown once, stored as SHA-256 hashes, checked in constant time;
+listed and revoked by the operator (``aetrain keys``)."""
 
 import hashlib
 import hmac
@@ -6,10 +7,11 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from api.cache import MemoryCache
 from api.core.db import ApiKey, Tenant
+from api.core.db.models import utcnow
 
 KEY_PREFIX = "aet_"
 # The first characters of a key, stored in clear so a lookup needs no full-table scan.
@@ -53,6 +55,44 @@ def tenant_for_key(session: Session, key: str) -> int | None:
         if hmac.compare_digest(candidate.key_hash, digest):
             found = candidate.tenant_id
     return found
+
+
+def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
+    """Every key (of tenant ``tenant`` only, when given) with its tenant loaded, oldest first."""
+    query = select(ApiKey).options(joinedload(ApiKey.tenant)).order_by(ApiKey.id)
+    if tenant is not None:
+        query = query.join(Tenant).where(Tenant.name == tenant)
+    return list(session.scalars(query))
+
+
+def revoke_key(session: Session, prefix_or_id: str) -> ApiKey:
+    """Revoke the one key whose id, or whose start (a prefix ``aetrain keys list`` shows, or
+    the whole key), is ``prefix_or_id``; a key already revoked stays as it was. LookupError
+    saying what to give instead when no key, or more than one, matches. API processes stop
+    accepting it within ``AETRAIN_KEY_CACHE_S``."""
+    query = select(ApiKey).options(joinedload(ApiKey.tenant))
+    if prefix_or_id.isascii() and prefix_or_id.isdigit():
+        query = query.where(ApiKey.id == int(prefix_or_id))
+    elif prefix_or_id.startswith(KEY_PREFIX) and len(prefix_or_id) > LOOKUP_CHARS:
+        query = query.where(ApiKey.key_hash == hash_key(prefix_or_id))  # the whole key
+    elif prefix_or_id.startswith(KEY_PREFIX):
+        query = query.where(ApiKey.prefix.startswith(prefix_or_id, autoescape=True))
+    else:
+        raise LookupError(
+            f"{prefix_or_id!r} is neither a key id nor the start of a key ({KEY_PREFIX}...); "
+            "see aetrain keys list"
+        )
+    found = session.scalars(query).all()
+    if len(found) != 1:
+        raise LookupError(
+            f"{len(found)} keys match {prefix_or_id!r}; give one key's id or more of its "
+            "characters (see aetrain keys list)"
+        )
+    key = found[0]
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.commit()
+    return key
 
 
 class VerifiedKeys:

@@ -62,6 +62,13 @@ class MemoryCache(Generic[K, V]):
             self._values[key] = (value, expires)
             self.size += size
 
+    def drop(self, match: Callable[[K], bool]) -> None:
+        """Forget every value whose key ``match``es (a deleted resource's)."""
+        with self._lock:
+            for key in [key for key in self._values if match(key)]:
+                value, _ = self._values.pop(key)
+                self.size -= self.size_of(value)
+
 
 class BodyCache(MemoryCache[Hashable, bytes]):
     """Response bodies, at most ``max_bytes`` in all."""

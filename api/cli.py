@@ -59,10 +59,8 @@ def _session_factory() -> Any:
     return make_session_factory(make_engine(get_settings().resolved_database_url()))
 
 
-@keys_app.command("create")
-def keys_create(tenant: str = typer.Argument(..., help="Tenant name (created if new).")) -> None:
-    """Print a new API key for TENANT. It is shown once; only its hash is stored."""
-    from api.auth import create_tenant_with_key
+def _require_migrated() -> None:
+    """Exit 2, saying to run ``aetrain db upgrade``, unless the database is migrated."""
     from api.core.settings import get_settings
     from api.migrate import check_up_to_date
 
@@ -71,9 +69,56 @@ def keys_create(tenant: str = typer.Argument(..., help="Tenant name (created if 
     except RuntimeError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
+
+
+@keys_app.command("create")
+def keys_create(tenant: str = typer.Argument(..., help="Tenant name (created if new).")) -> None:
+    """Print a new API key for TENANT. It is shown once; only its hash is stored."""
+    from api.auth import create_tenant_with_key
+
+    _require_migrated()
     with _session_factory()() as session:
         issued = create_tenant_with_key(session, tenant)
     typer.echo(issued.key)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: str | None = typer.Option(None, help="Only this tenant's keys."),
+) -> None:
+    """List API keys: id, tenant, the key's first characters, created and revoked times."""
+    from api.auth import list_keys
+
+    _require_migrated()
+    with _session_factory()() as session:
+        for key in list_keys(session, tenant):
+            revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M:%S}" if key.revoked_at else "active"
+            typer.echo(
+                f"{key.id}\t{key.tenant.name}\t{key.prefix}...\t"
+                f"created {key.created_at:%Y-%m-%d %H:%M:%S}\t{revoked}"
+            )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: str = typer.Argument(..., help="The key's id, or its first characters (aet_...)."),
+) -> None:
+    """Revoke an API key: API processes refuse it within AETRAIN_KEY_CACHE_S seconds."""
+    from api.auth import revoke_key
+    from api.core.settings import get_settings
+
+    _require_migrated()
+    with _session_factory()() as session:
+        try:
+            revoked = revoke_key(session, key)
+        except LookupError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=1) from error
+        typer.echo(
+            f"revoked key {revoked.id} ({revoked.prefix}...) of tenant {revoked.tenant.name} "
+            f"at {revoked.revoked_at:%Y-%m-%d %H:%M:%S}; API processes refuse it within "
+            f"{get_settings().key_cache_s:g} s (AETRAIN_KEY_CACHE_S)"
+        )
 
 
 def _worker_command(queues: str, concurrency: int) -> list[str]:

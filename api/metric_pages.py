@@ -9,7 +9,7 @@ settled first rows are kept (:class:`SettledRows`) so that only the rows after t
 """
 
 import bisect
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -51,6 +51,19 @@ class SettledRowsCache(MemoryCache[Hashable, SettledRows]):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(max_bytes, lambda rows: len(rows.items) + ENTRY_BYTES)
+
+
+def forget_jobs(
+    pages: BodyCache, growing: SettledRowsCache, tenant_id: int, job_ids: Collection[int]
+) -> None:
+    """Drop the kept pages of the tenant's deleted jobs: they are served without a look at
+    the job, and SQLite may give a deleted job's id to the next one."""
+
+    def deleted(key: Hashable) -> bool:
+        return isinstance(key, tuple) and key[0] == tenant_id and key[1] in job_ids
+
+    pages.drop(deleted)
+    growing.drop(deleted)
 
 
 def job_metrics_page(

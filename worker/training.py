@@ -91,18 +91,18 @@ def _job_inputs(
         return spec, resolve_model(session, job.tenant_id, spec.model), dataset
 
 
-def _train_claimed(
-    job_id: int, sessions: sessionmaker[Session], settings: Settings, worker: str
-) -> None:
-    def fail(reason: str) -> None:
-        with sessions() as session:
-            jobs.finish_job(session, job_id, JobState.failed, failure_reason=reason, worker=worker)
+def failure_reason(error: BaseException) -> str:
+    """The exception's type and message, as the job's failure reason and log show it."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
-    try:
-        spec, model, dataset = _job_inputs(sessions, job_id)
-    except LookupError as error:  # ModelNotFoundError among them
-        fail(f"the job's model or dataset no longer exists: {error}")
-        return
+
+def _prepare(
+    job_id: int, sessions: sessionmaker[Session], settings: Settings, worker: str
+) -> Trainer:
+    """The Trainer of the claimed job, its resolved settings stored. Raises what stops it
+    from being built: the user errors that say what to change (a missing model or dataset,
+    a cfg or settings the Trainer refuses), and anything else (an unknown CUDA device)."""
+    spec, model, dataset = _job_inputs(sessions, job_id)
     if spec.train.workers:
         _allow_loader_processes()
     # Both under the artifact root; a dataset's row holds its path relative to that root.
@@ -115,18 +115,41 @@ def _train_claimed(
         MetricsWriter(sessions, job_id),
         CheckpointExport(sessions, job_id, settings.artifacts_dir),
     ]
-    try:
-        trainer = Trainer(
-            train_config(spec, model, settings.artifacts_dir / dataset.path, out),
-            hooks=hooks,
-            resume=resume if resume.is_file() else None,
-        )
-    except (CfgError, ValueError, FileNotFoundError) as error:
-        fail(str(error))
-        return
+    trainer = Trainer(
+        train_config(spec, model, settings.artifacts_dir / dataset.path, out),
+        hooks=hooks,
+        resume=resume if resume.is_file() else None,
+    )
     resolved = trainer.config.resolved
     with sessions() as session:
         jobs.save_resolved(session, job_id, resolved, resolved["max_batches"])
+    return trainer
+
+
+def _train_claimed(
+    job_id: int, sessions: sessionmaker[Session], settings: Settings, worker: str
+) -> None:
+    """Train the claimed job to an outcome. Every exception fails the job at once with its
+    cause (an error that happened once happens again on the next attempt, so none is
+    retried) and returns, so Celery acknowledges the task; only a worker that dies without
+    a word leaves the job to the reaper, which retries it."""
+
+    def fail(reason: str) -> None:
+        with sessions() as session:
+            jobs.finish_job(session, job_id, JobState.failed, failure_reason=reason, worker=worker)
+
+    try:
+        trainer = _prepare(job_id, sessions, settings, worker)
+    except LookupError as error:  # ModelNotFoundError among them
+        fail(f"the job's model or dataset no longer exists: {error}")
+        return
+    except (CfgError, ValueError, FileNotFoundError) as error:
+        fail(str(error))
+        return
+    except Exception as error:
+        log.exception("job %s could not start", job_id)
+        fail(f"could not start training: {failure_reason(error)}")
+        return
     try:
         final = trainer.train()
     except JobLostError as error:
@@ -137,11 +160,12 @@ def _train_claimed(
         return
     except Exception as error:
         log.exception("job %s crashed", job_id)
-        fail(f"training crashed at iteration {trainer.iteration}: {type(error).__name__}: {error}")
-        raise
+        fail(f"training crashed at iteration {trainer.iteration}: {failure_reason(error)}")
+        return
+    max_batches = trainer.config.resolved["max_batches"]
     with sessions() as session:
         # A cancel that arrives during the final evaluation comes too late to stop anything.
-        if trainer.stop_requested and trainer.iteration < resolved["max_batches"]:
+        if trainer.stop_requested and trainer.iteration < max_batches:
             jobs.finish_job(
                 session, job_id, JobState.cancelled,
                 f"cancelled at iteration {trainer.iteration}; last checkpoint kept", worker=worker,

@@ -1,4 +1,4 @@
-"""Comparisons: arms x seeds of jobs, paired statistics, verdict and plot."""
+"""Comparisons: arms x seeds of jobs, paired statistics, verdict and plot; deleting one."""
 
 from typing import Annotated, Any
 
@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from api.core.db.models import MAX_ROW_ID
 from api.core.job_spec import ComparisonCreate
 from api.deps import SessionDep, SettingsDep, TenantDep
+from api.metric_pages import forget_jobs
 from api.schemas.common import UNAUTHORIZED, Page
 from api.schemas.comparisons import ComparisonPublic
 from api.schemas.jobs import SUBMIT_RESPONSES
@@ -72,3 +73,24 @@ def read_comparison(
 def comparison_plot(comparison_id: int, session: SessionDep, tenant_id: TenantDep) -> Response:
     png = comparisons.plot_png(session, tenant_id, comparison_id)
     return Response(png, media_type="image/png")
+
+
+@router.delete(
+    "/{comparison_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a comparison and its jobs",
+    responses={**NOT_FOUND, 409: {"description": "One of its jobs is queued or running."}},
+)
+def delete_comparison(
+    comparison_id: int,
+    request: Request,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    settings: SettingsDep,
+) -> None:
+    """Delete the comparison and every job of it (metrics, logs, checkpoints, artifact
+    folders). While one of its jobs is queued or running it answers 409: cancel them first.
+    A second delete answers 404."""
+    deleted = comparisons.delete_comparison(session, tenant_id, settings, comparison_id)
+    state = request.app.state
+    forget_jobs(state.metrics_pages, state.settled_rows, tenant_id, set(deleted))

@@ -84,3 +84,19 @@ def get_layers(
     and output stride (input width / output width), so an AE layer of stride 8, 16 or 32 can
     be picked by index."""
     return models.layer_table(session, tenant_id, ref, size)
+
+
+@router.delete(
+    "/{ref}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an uploaded cfg",
+    responses={
+        **NOT_FOUND,
+        409: {"description": "A bundled cfg, or one a queued or running job trains."},
+    },
+)
+def delete_model(ref: str, session: SessionDep, tenant_id: TenantDep) -> None:
+    """Delete an uploaded cfg (by its id). Bundled cfgs answer 409, as does a cfg a queued
+    or running job trains; finished jobs keep their resolved cfg. A second delete answers
+    404."""
+    models.delete_model(session, tenant_id, ref)

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import BAD_JSON, Page, UtcDatetime
 
@@ -23,7 +23,13 @@ class JobPublic(BaseModel):
     arm: str | None
     seed: int | None
     spec: dict[str, Any]
-    resolved: dict[str, Any] | None
+    resolved: dict[str, Any] | None = Field(
+        description="The job resolved against its cfg and dataset (ae_model.resolve), from "
+        "submission on: iterations, learning-rate schedule, input size, augmentation, AE layers; "
+        "`notes` says what resolution changed on its own (a cfg schedule scaled to a shorter "
+        "run), `warnings` what will train badly (a burn-in the run never leaves). The worker "
+        "adds what only it knows (classes, amp_dtype)."
+    )
     queue: str
     attempt: int
     iteration: int

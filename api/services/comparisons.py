@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from celery import Celery
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ae_model.compare import ArmResult, format_table, plot_comparison, summarize
@@ -18,7 +18,14 @@ from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.comparisons import ComparisonJob, ComparisonPublic
 from api.services.errors import Invalid, NotFound
-from api.services.jobs import add_job, check_active_jobs, check_job_spec, enqueue
+from api.services.jobs import (
+    add_job,
+    check_active_jobs,
+    check_job_spec,
+    delete_job_rows,
+    enqueue,
+    remove_job_folders,
+)
 
 
 def _get(session: Session, tenant_id: int, comparison_id: int) -> Comparison:
@@ -165,6 +172,22 @@ def list_comparisons(
 
 def read_comparison(session: Session, tenant_id: int, comparison_id: int) -> ComparisonPublic:
     return _public(session, _get(session, tenant_id, comparison_id))
+
+
+def delete_comparison(
+    session: Session, tenant_id: int, settings: Settings, comparison_id: int
+) -> list[int]:
+    """Delete the comparison and its jobs (rows in one transaction, then their folders);
+    Conflict, deleting nothing, while any of its jobs is queued or running. Returns the ids
+    of the jobs deleted."""
+    row = _get(session, tenant_id, comparison_id)
+    jobs = _jobs(session, comparison_id)
+    delete_job_rows(session, jobs)
+    session.execute(delete(Comparison).where(Comparison.id == row.id))
+    session.commit()
+    ids = [job.id for job in jobs]
+    remove_job_folders(settings, ids)
+    return ids
 
 
 def _curves(session: Session, jobs: list[Job]) -> dict[str, list[dict[str, list[float]]]]:

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ae_model.data.archive import ArchiveLimits, DatasetError, extract_zip, find_dataset_root
@@ -20,7 +20,9 @@ from api.core.db.models import MAX_ROW_ID, Dataset
 from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.datasets import DatasetGenerate, DatasetPublic, DatasetReport, SplitCounts
-from api.services.errors import Invalid, NotFound
+from api.services.errors import Conflict, Invalid, NotFound
+from api.services.jobs import active_jobs_naming
+from api.services.usage import check_quota, dataset_folder, folder_bytes
 
 
 class DatasetHasErrors(Invalid):
@@ -62,23 +64,32 @@ def _publish(
     row: Dataset,
 ) -> DatasetPublic:
     """Insert ``row`` and move ``staging`` to ``datasets/<id>``; ``root`` is the dataset's top
-    folder inside ``staging``. On any failure neither the row nor the folder remains."""
-    session.add(row)
-    session.flush()
-    final = _datasets_dir(settings) / str(row.id)
+    folder inside ``staging``. Committed only once the row reads back as the JSON every later
+    request sends; on any failure neither the row nor the folder remains. OverQuota when it
+    would pass the tenant's storage quota."""
+    check_quota(session, row.tenant_id, settings, folder_bytes(staging))
+    final: Path | None = None
     try:
+        session.add(row)
+        session.flush()
+        final = _datasets_dir(settings) / str(row.id)
         if final.exists():  # left by a crash before an id was reused; no row owns it
             shutil.rmtree(final)
         staging.rename(final)
         folder = final / root.relative_to(staging)
         # Relative to the artifact root: a worker finds it under its own mount of that root.
         row.path = folder.relative_to(settings.artifacts_dir).as_posix()
+        session.flush()
+        public = DatasetPublic.model_validate(row)
+        # A row that GET /v1/datasets could not send would break the tenant's listing for good.
+        public.model_dump_json()
         session.commit()
     except BaseException:
         session.rollback()
-        shutil.rmtree(final, ignore_errors=True)
+        if final is not None:
+            shutil.rmtree(final, ignore_errors=True)
         raise
-    return DatasetPublic.model_validate(row)
+    return public
 
 
 def upload_dataset(
@@ -100,7 +111,7 @@ def upload_dataset(
         except DatasetError as error:
             raise Invalid(str(error)) from None
         root = find_dataset_root(staging)
-        report = check_dataset(root, display_root=staging)
+        report = check_dataset(root, display_root=staging, max_classes=settings.max_classes)
         public_report = DatasetReport.model_validate(report.as_dict())
         if not report.ok:
             raise DatasetHasErrors(
@@ -183,3 +194,19 @@ def get_dataset(session: Session, tenant_id: int, dataset_id: int) -> DatasetPub
     if row is None or row.tenant_id != tenant_id:
         raise NotFound(f"dataset {dataset_id} not found")
     return DatasetPublic.model_validate(row)
+
+
+def delete_dataset(session: Session, tenant_id: int, settings: Settings, dataset_id: int) -> None:
+    """Delete the tenant's dataset, its row and then (once that is committed) its folder on
+    the artifact store. NotFound for another tenant's or a deleted one; Conflict while a
+    queued or running job trains on it. Finished jobs keep their results and checkpoints."""
+    get_dataset(session, tenant_id, dataset_id)
+    active = active_jobs_naming(session, tenant_id, "dataset_id", dataset_id)
+    if active:
+        raise Conflict(
+            f"dataset {dataset_id} is used by queued or running job(s) {active}; cancel them "
+            "(POST /v1/jobs/{id}/cancel) or wait for them to finish, then delete it"
+        )
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id))
+    session.commit()
+    shutil.rmtree(dataset_folder(settings, dataset_id), ignore_errors=True)

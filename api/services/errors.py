@@ -32,6 +32,10 @@ class OverLimit(ServiceError):
     """The tenant's jobs queued or running would pass their limit."""
 
 
+class OverQuota(ServiceError):
+    """Storing what the request brings would pass the tenant's storage quota."""
+
+
 class Unavailable(ServiceError):
     """A server the request needs (the task broker) is unreachable; try again."""
 

@@ -1,11 +1,14 @@
 """Jobs: checking a job's spec against the tenant's data and this server's budgets,
-submitting, listing, cancelling, and reading a job's log, new metrics and checkpoints."""
+submitting, listing, cancelling, deleting, and reading a job's log, new metrics and
+checkpoints."""
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ae_model.cfg import CfgError, DarknetConfig
@@ -25,7 +28,7 @@ from api.core.db.models import (
     utcnow,
 )
 from api.core.job_spec import JobCreate
-from api.core.model_refs import ModelNotFoundError, resolve_model
+from api.core.model_refs import ModelNotFoundError, model_ref, resolve_model
 from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.jobs import (
@@ -39,6 +42,7 @@ from api.services.errors import Conflict, NotFound, OverLimit, Unavailable, inva
 
 # Rows of a job's metric history one poll of its live stream reads at most.
 STREAM_ROWS = 5000
+ACTIVE_STATES = (JobState.queued, JobState.running)
 
 
 def get_job(session: Session, tenant_id: int, job_id: int) -> Job:
@@ -145,7 +149,7 @@ def check_active_jobs(session: Session, tenant_id: int, settings: Settings, addi
     active = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(Job.tenant_id == tenant_id, Job.state.in_([JobState.queued, JobState.running]))
+        .where(Job.tenant_id == tenant_id, Job.state.in_(ACTIVE_STATES))
     )
     if (active or 0) + adding > limit:
         raise OverLimit(
@@ -197,6 +201,65 @@ def cancel_job(session: Session, tenant_id: int, job_id: int) -> JobPublic:
     job_ops.request_cancel(session, job_id)
     session.refresh(job)
     return JobPublic.model_validate(job)
+
+
+def job_folder(settings: Settings, job_id: int) -> Path:
+    """The job's artifact folder (checkpoints, .weights, results)."""
+    return settings.artifacts_dir / "jobs" / str(job_id)
+
+
+def delete_job_rows(session: Session, doomed: Sequence[Job]) -> None:
+    """Delete the rows of finished jobs, with their metrics, events and checkpoints (the
+    foreign keys cascade), uncommitted; Conflict, deleting nothing, while any of them is
+    queued or running. Their folders go once the caller has committed
+    (``remove_job_folders``), so a failed commit leaves every file in place."""
+    active = [job.id for job in doomed if job.state in ACTIVE_STATES]
+    if active:
+        raise Conflict(
+            f"job(s) {active} are queued or running; cancel them (POST /v1/jobs/{{id}}/cancel) "
+            "and delete once they have stopped"
+        )
+    ids = [job.id for job in doomed]
+    # Finished is final, so the condition only guards against a row that changed meanwhile.
+    gone = session.execute(delete(Job).where(Job.id.in_(ids), Job.state.in_(TERMINAL_STATES)))
+    if gone.rowcount != len(ids):  # type: ignore[attr-defined]
+        session.rollback()
+        raise Conflict(f"job(s) {ids} changed while being deleted; try again")
+
+
+def remove_job_folders(settings: Settings, job_ids: Sequence[int]) -> None:
+    """Remove the artifact folders of deleted jobs; a folder already gone is fine."""
+    for job_id in job_ids:
+        shutil.rmtree(job_folder(settings, job_id), ignore_errors=True)
+
+
+def delete_job(session: Session, tenant_id: int, settings: Settings, job_id: int) -> None:
+    """Delete a finished job that is no comparison's, its rows and then its artifact folder;
+    NotFound for another
+    tenant's or a deleted job, Conflict for a comparison's (its statistics need every job)."""
+    job = get_job(session, tenant_id, job_id)
+    if job.comparison_id is not None:
+        raise Conflict(
+            f"job {job_id} is part of comparison {job.comparison_id}; delete the comparison "
+            f"(DELETE /v1/comparisons/{job.comparison_id}), which deletes its jobs"
+        )
+    delete_job_rows(session, [job])
+    session.commit()
+    remove_job_folders(settings, [job_id])
+
+
+def active_jobs_naming(session: Session, tenant_id: int, field: str, value: int) -> list[int]:
+    """Ids of the tenant's queued or running jobs whose spec's ``field`` (``dataset_id``,
+    ``model``) names ``value``: what a deletion must wait for."""
+    specs = session.execute(
+        select(Job.id, Job.spec).where(Job.tenant_id == tenant_id, Job.state.in_(ACTIVE_STATES))
+    ).all()
+    return [job_id for job_id, spec in specs if _ref(spec, field) == value]
+
+
+def _ref(spec: dict[str, Any], field: str) -> str | int | None:
+    value = spec.get(field)
+    return model_ref(value) if isinstance(value, str | int) else None
 
 
 def job_log(session: Session, tenant_id: int, job_id: int) -> Page[JobEventPublic]:

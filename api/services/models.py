@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ae_model.cfg import (
@@ -32,7 +32,8 @@ from api.core.model_refs import (
 from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.models import LayerRowPublic, LayerTablePublic, ModelCreate, ModelPublic
-from api.services.errors import Invalid, NotFound
+from api.services.errors import Conflict, Invalid, NotFound
+from api.services.jobs import active_jobs_naming
 
 MAX_INPUT_SIDE = 4096
 
@@ -174,6 +175,28 @@ def create_model(
 
 def get_model(session: Session, tenant_id: int, ref: str) -> ModelPublic:
     return _resolve(ref, session, tenant_id).public()
+
+
+def delete_model(session: Session, tenant_id: int, ref: str) -> None:
+    """Delete the tenant's uploaded cfg ``ref``. NotFound for no such cfg (or another
+    tenant's); Conflict for a bundled cfg, or while a queued or running job trains it.
+    Finished jobs keep their resolved cfg text."""
+    try:
+        model = resolve_model(session, tenant_id, ref)
+    except ModelNotFoundError as error:
+        raise NotFound(str(error)) from None
+    if model.upload is None:
+        raise Conflict(f"{model.name} is a bundled cfg, part of the server; only uploaded cfgs "
+                       "can be deleted")  # fmt: skip
+    upload_id = model.upload.id
+    active = active_jobs_naming(session, tenant_id, "model", upload_id)
+    if active:
+        raise Conflict(
+            f"model {upload_id} is trained by queued or running job(s) {active}; cancel them "
+            "(POST /v1/jobs/{id}/cancel) or wait for them to finish, then delete it"
+        )
+    session.execute(delete(ModelConfig).where(ModelConfig.id == upload_id))
+    session.commit()
 
 
 def layer_table(session: Session, tenant_id: int, ref: str, size: str | None) -> LayerTablePublic:

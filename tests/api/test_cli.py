@@ -105,3 +105,35 @@ def test_quickstart_runs_a_comparison_end_to_end_on_the_embedded_default(tmp_pat
     assert (out / state_file.name.replace(".json", ".png")).read_bytes()[:4] == b"\x89PNG"
     # The embedded server and worker are gone when the command returns.
     assert _processes_with_home(tmp_path / "home") == []
+
+
+def test_keys_list_and_revoke(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    subprocess.run([AETRAIN, "db", "upgrade"], env=env, check=True, capture_output=True)
+
+    def aetrain(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AETRAIN, "keys", *args], env=env, capture_output=True, text=True)
+
+    first, second = (aetrain("create", "team").stdout.strip() for _ in range(2))
+    listed = aetrain("list", "--tenant", "team").stdout.splitlines()
+    assert [line.split("\t")[2] for line in listed] == [first[:12] + "...", second[:12] + "..."]
+    assert all(line.endswith("active") for line in listed)
+
+    ambiguous = aetrain("revoke", "aet_")
+    assert ambiguous.returncode == 1 and "2 keys match" in ambiguous.stderr
+    revoked = aetrain("revoke", first[:12])
+    assert revoked.returncode == 0 and "of tenant team" in revoked.stdout, revoked.stderr
+    assert "AETRAIN_KEY_CACHE_S" in revoked.stdout
+    assert aetrain("revoke", first[:12]).returncode == 0  # again: it stays revoked
+    assert aetrain("revoke", "999").returncode == 1
+
+    from api.auth import tenant_for_key
+    from api.core.db import make_engine, make_session_factory
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'aetrain.db'}")
+    with make_session_factory(engine)() as session:
+        assert tenant_for_key(session, first) is None
+        assert tenant_for_key(session, second) is not None
+    engine.dispose()
+    listed = aetrain("list").stdout.splitlines()
+    assert "revoked" in listed[0] and listed[1].endswith("active")

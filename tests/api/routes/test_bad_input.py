@@ -282,8 +282,8 @@ CASES = [
          "model: no uploaded model 424242; see GET /v1/models", json=job(model=424242)),
     Case("model-over-compute-budget", "POST", MODELS, 422,
          "over this server's budget of 1000; use fewer or smaller layers or a smaller [net]",
-         json=cfg("[net]\nwidth=65536\nheight=65536\nchannels=3\n\n"
-                  "[convolutional]\nfilters=1024\nsize=3\nstride=1\npad=1\n")),
+         json=cfg("[net]\nwidth=4096\nheight=4096\nchannels=3\n\n[convolutional]\nfilters=64\n\n"
+                  "[convolutional]\nfilters=64\nsize=3\nstride=1\npad=1\n")),
     Case("job-over-compute-budget", "POST", JOBS, 422,
          "BFLOPs per image at 4096x4096, over this server's budget of 1000; train at a smaller "
          "size or a smaller cfg",

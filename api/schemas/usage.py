@@ -1,0 +1,13 @@
+"""What a tenant stores, against its quota."""
+
+from pydantic import BaseModel, Field
+
+
+class UsagePublic(BaseModel):
+    stored_bytes: int = Field(description="Datasets and jobs' folders together.")
+    dataset_bytes: int
+    job_bytes: int = Field(description="Checkpoints, their .weights and results of jobs.")
+    max_bytes: int = Field(
+        description="The quota, AETRAIN_MAX_TENANT_BYTES; uploads and "
+        "generated datasets that would pass it are refused with 413."
+    )
