@@ -23,7 +23,7 @@ class ProgressBar(Hook):
         self.bar: tqdm[Any] | None = None
 
     def before_train(self, trainer: Trainer) -> None:
-        total = trainer.config.resolved["max_batches"]
+        total = trainer.resolved.max_batches
         self.bar = tqdm(
             total=total, initial=trainer.iteration, desc=self.description, unit="it",
             disable=self.disable, dynamic_ncols=True,

@@ -122,7 +122,7 @@ def _prepare(
     )
     resolved = trainer.config.resolved
     with sessions() as session:
-        jobs.save_resolved(session, job_id, resolved, resolved["max_batches"])
+        jobs.save_resolved(session, job_id, resolved, trainer.resolved.max_batches)
     return trainer
 
 
@@ -162,7 +162,7 @@ def _train_claimed(
         log.exception("job %s crashed", job_id)
         fail(f"training crashed at iteration {trainer.iteration}: {failure_reason(error)}")
         return
-    max_batches = trainer.config.resolved["max_batches"]
+    max_batches = trainer.resolved.max_batches
     with sessions() as session:
         # A cancel that arrives during the final evaluation comes too late to stop anything.
         if trainer.stop_requested and trainer.iteration < max_batches:
