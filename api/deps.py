@@ -1,6 +1,7 @@
-"""Shared request dependencies: the database session and the caller's tenant."""
+"""Shared request dependencies: the database session, the caller's tenant, and the slots and
+threads of heavy requests (``api.heavy``)."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import VerifiedKeys, hash_key, tenant_for_key
 from api.core.settings import Settings
+from api.heavy import HEAVY_THREADS, RETRY_AFTER_S, HeavyWork, TenantBusy
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer aet_...`")
 
@@ -44,8 +46,9 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 DB_SESSIONS = 4
 # SSE streams poll the database with short sessions of their own, this many at once.
 STREAM_POLLS = 4
-# What the pool must hold so no checkout waits: request sessions, stream polls, the reaper.
-POOL_SIZE = DB_SESSIONS + STREAM_POLLS + 1
+# What the pool must hold so no checkout waits: request sessions, stream polls, heavy
+# requests' short sessions (api.heavy), the reaper.
+POOL_SIZE = DB_SESSIONS + STREAM_POLLS + HEAVY_THREADS + 1
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # Closed when the route returns, before the response is sent: a streamed response (SSE, a
@@ -55,11 +58,32 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=DB_SESSIONS)]
 
 
-async def get_tenant_id(
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+# For heavy routes: short sessions opened around the database steps only, so the CPU and disk
+# work between them holds no connection and no turn (api.heavy).
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _short_lookup(factory: sessionmaker[Session], key: str) -> int | None:
+    with factory() as session:
+        return tenant_for_key(session, key)
+
+
+async def get_tenant_id(request: Request, session: SessionDep, credentials: CredentialsDep) -> int:
+    return await _tenant_id(request, credentials, lambda key: tenant_for_key(session, key))
+
+
+async def _tenant_id(
     request: Request,
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    credentials: HTTPAuthorizationCredentials | None,
+    lookup: Callable[[str], int | None],
 ) -> int:
+    """The tenant of the request's key: remembered, or ``lookup(key)`` in a thread."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -71,7 +95,7 @@ async def get_tenant_id(
     digest = hash_key(credentials.credentials)
     tenant_id = verified.get(digest)
     if tenant_id is None:
-        tenant_id = await run_in_threadpool(tenant_for_key, session, credentials.credentials)
+        tenant_id = await run_in_threadpool(lookup, credentials.credentials)
         if tenant_id is not None:
             verified.put(digest, tenant_id)
     if tenant_id is None:
@@ -84,3 +108,33 @@ async def get_tenant_id(
 
 
 TenantDep = Annotated[int, Depends(get_tenant_id)]
+
+
+async def get_heavy_tenant(
+    request: Request, sessions: SessionsDep, credentials: CredentialsDep
+) -> AsyncIterator[int]:
+    """The caller's tenant, holding one of its heavy slots until the route returns; 429 with
+    ``Retry-After`` while the tenant has AETRAIN_MAX_HEAVY_PER_TENANT heavy requests running."""
+    tenant_id = await _tenant_id(request, credentials, lambda key: _short_lookup(sessions, key))
+    heavy = get_heavy(request)
+    try:
+        with heavy.slot(tenant_id):
+            yield tenant_id
+    except TenantBusy:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"this tenant already has {heavy.per_tenant} heavy requests (dataset or cfg "
+            "uploads, dataset generations, comparison plots) running on this server; wait "
+            "for one to finish and retry (the limit is AETRAIN_MAX_HEAVY_PER_TENANT)",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+
+
+def get_heavy(request: Request) -> HeavyWork:
+    heavy: HeavyWork = request.app.state.heavy
+    return heavy
+
+
+# A heavy route's tenant, and the threads the route runs its work in (``HeavyDep.run``).
+HeavyTenantDep = Annotated[int, Depends(get_heavy_tenant, scope="function")]
+HeavyDep = Annotated[HeavyWork, Depends(get_heavy)]

@@ -22,6 +22,7 @@ from api.core.broker import create_celery
 from api.core.db import make_engine, make_session_factory
 from api.core.settings import Settings, get_settings
 from api.deps import POOL_SIZE, STREAM_POLLS
+from api.heavy import HeavyWork
 from api.metric_pages import SettledRowsCache
 from api.migrate import check_up_to_date
 from api.reaper import reap_forever
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settled_rows = SettledRowsCache(int(settings.metrics_cache_mib * 2**18))
         app.state.celery = create_celery(settings)
         app.state.stream_polls = anyio.CapacityLimiter(STREAM_POLLS)
+        app.state.heavy = HeavyWork(settings.max_heavy_per_tenant)
         # What start-up built (modules, the app, the ORM's mappers) lives as long as the
         # process: out of the collector's sight, a full collection no longer walks it, which
         # under load showed as 100 ms stalls every few seconds (bench/bench_api_load.py).

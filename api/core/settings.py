@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # Per tenant, bytes of datasets and jobs' folders on the artifact store: a dataset that
     # would pass it is refused (413), naming what to delete (GET /v1/usage shows the sum).
     max_tenant_bytes: int = Field(default=50 << 30, gt=0)
+    # Per tenant and API process: heavy requests (dataset upload or generation, cfg upload)
+    # at once; more answer 429, so one tenant's burst cannot hold every heavy thread.
+    max_heavy_per_tenant: int = Field(default=2, gt=0)
 
     @field_validator("home")
     @classmethod

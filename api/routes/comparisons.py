@@ -6,9 +6,9 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from api.core.db.models import MAX_ROW_ID
 from api.core.job_spec import ComparisonCreate
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import HeavyDep, HeavyTenantDep, SessionDep, SessionsDep, SettingsDep, TenantDep
 from api.metric_pages import forget_jobs
-from api.schemas.common import UNAUTHORIZED, Page
+from api.schemas.common import TENANT_BUSY, UNAUTHORIZED, Page
 from api.schemas.comparisons import ComparisonPublic
 from api.schemas.jobs import SUBMIT_RESPONSES
 from api.services import comparisons
@@ -68,10 +68,13 @@ def read_comparison(
     "/{comparison_id}/plot.png",
     response_class=Response,
     summary="Plot: metric per seed per arm, paired differences, learning curves",
-    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **TENANT_BUSY},
 )
-def comparison_plot(comparison_id: int, session: SessionDep, tenant_id: TenantDep) -> Response:
-    png = comparisons.plot_png(session, tenant_id, comparison_id)
+async def comparison_plot(
+    comparison_id: int, sessions: SessionsDep, tenant_id: HeavyTenantDep, heavy: HeavyDep
+) -> Response:
+    """Rendered for each request, a heavy request (429 past the tenant's limit)."""
+    png = await heavy.run(lambda: comparisons.plot_png(sessions, tenant_id, comparison_id))
     return Response(png, media_type="image/png")
 
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from api.core.db.models import MAX_ROW_ID
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.schemas.common import NAME_PATTERN, UNAUTHORIZED, Page
+from api.deps import HeavyDep, HeavyTenantDep, SessionDep, SessionsDep, SettingsDep, TenantDep
+from api.schemas.common import NAME_PATTERN, TENANT_BUSY, UNAUTHORIZED, Page
 from api.schemas.datasets import DatasetGenerate, DatasetPublic, DatasetRejected
 from api.services import datasets
 from api.services.datasets import DatasetHasErrors
@@ -27,6 +27,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     response_model=DatasetPublic,
     summary="Upload a dataset (zip, COCO or YOLO layout)",
     responses={
+        **TENANT_BUSY,
         400: {"description": "The body is not valid multipart form data."},
         413: {
             "description": "The upload is larger than the limit, or the dataset would pass "
@@ -39,9 +40,10 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
         },
     },
 )
-def upload_dataset(
-    session: SessionDep,
-    tenant_id: TenantDep,
+async def upload_dataset(
+    sessions: SessionsDep,
+    tenant_id: HeavyTenantDep,
+    heavy: HeavyDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="A .zip of the dataset folder.")],
     name: Annotated[
@@ -61,7 +63,11 @@ def upload_dataset(
     error rejects the upload with a report naming each problem's file and line or id.
     """
     try:
-        return datasets.upload_dataset(session, tenant_id, settings, file.file, file.filename, name)
+        return await heavy.run(
+            lambda: datasets.upload_dataset(
+                sessions, tenant_id, settings, file.file, file.filename, name
+            )
+        )
     except DatasetHasErrors as error:
         rejected = DatasetRejected(detail=error.detail, report=error.report)
         return JSONResponse(rejected.model_dump(mode="json"), status_code=422)
@@ -72,15 +78,22 @@ def upload_dataset(
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetPublic,
     summary="Generate a dataset (digits or shapes, deterministic by seed)",
-    responses={413: {"description": "The dataset would pass the tenant's storage quota."}},
+    responses={
+        **TENANT_BUSY,
+        413: {"description": "The dataset would pass the tenant's storage quota."},
+    },
 )
-def generate(
-    spec: DatasetGenerate, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep
+async def generate(
+    spec: DatasetGenerate,
+    sessions: SessionsDep,
+    tenant_id: HeavyTenantDep,
+    heavy: HeavyDep,
+    settings: SettingsDep,
 ) -> DatasetPublic:
     """Render a ``digits`` or ``shapes`` dataset in COCO layout (see docs/data.md): the same
     request gives byte-identical images. Rendering runs in the request; 500 digits images of
-    256 px take a few seconds."""
-    return datasets.generate(session, tenant_id, settings, spec)
+    256 px take a few seconds, so a tenant runs AETRAIN_MAX_HEAVY_PER_TENANT at once."""
+    return await heavy.run(lambda: datasets.generate(sessions, tenant_id, settings, spec))
 
 
 @router.get("", response_model=Page[DatasetPublic], summary="List datasets, newest first")

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 
 from api.core.db.models import MAX_ROW_ID
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.schemas.common import BAD_JSON, UNAUTHORIZED, Page
+from api.deps import HeavyDep, HeavyTenantDep, SessionDep, SessionsDep, SettingsDep, TenantDep
+from api.schemas.common import BAD_JSON, TENANT_BUSY, UNAUTHORIZED, Page
 from api.schemas.models import LayerTablePublic, ModelCreate, ModelPublic
 from api.services import models
 
@@ -39,19 +39,24 @@ def list_models(
     summary="Upload a darknet cfg",
     responses={
         **BAD_JSON,
+        **TENANT_BUSY,
         422: {
             "description": "The cfg does not parse (the detail names the line), or it passes "
             "this server's compute or parameter budget."
         },
     },
 )
-def create_model(
-    body: ModelCreate, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep
+async def create_model(
+    body: ModelCreate,
+    sessions: SessionsDep,
+    tenant_id: HeavyTenantDep,
+    heavy: HeavyDep,
+    settings: SettingsDep,
 ) -> ModelPublic:
     """Store a darknet cfg after parsing it and checking its shapes at the cfg's own size.
     Unknown keys are accepted and listed in ``warnings``; unknown sections and bad values are
     refused with the line at fault."""
-    return models.create_model(session, tenant_id, settings, body)
+    return await heavy.run(lambda: models.create_model(sessions, tenant_id, settings, body))
 
 
 @router.get("/{ref}", response_model=ModelPublic, summary="Get a cfg", responses=NOT_FOUND)

@@ -21,6 +21,13 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 }
 # Documented on every route with a JSON body.
 BAD_JSON: dict[int | str, dict[str, Any]] = {400: {"description": "The body is not valid JSON."}}
+# Documented on every heavy route (api.heavy).
+TENANT_BUSY: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": "The tenant already has AETRAIN_MAX_HEAVY_PER_TENANT heavy requests "
+        "(uploads, generations, plots) running; retry after `Retry-After` seconds."
+    }
+}
 # A name a person gave: printable, one line.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]

@@ -8,7 +8,7 @@ from typing import Any, cast
 from celery import Celery
 from pydantic import ValidationError
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.compare import ArmResult, format_table, plot_comparison, summarize
 from ae_model.resolve import ResolvedTraining
@@ -216,12 +216,15 @@ def _curves(session: Session, jobs: list[Job]) -> dict[str, list[dict[str, list[
     return dict(curves)
 
 
-def plot_png(session: Session, tenant_id: int, comparison_id: int) -> bytes:
-    """The comparison's plot as a PNG: metric per seed per arm, paired differences, curves."""
-    row = _get(session, tenant_id, comparison_id)
-    spec = ComparisonCreate.model_validate(row.spec)
-    jobs = _jobs(session, row.id)
-    summary = summarize(_arm_results(spec, jobs), reference=spec.reference_arm)
+def plot_png(sessions: sessionmaker[Session], tenant_id: int, comparison_id: int) -> bytes:
+    """The comparison's plot as a PNG: metric per seed per arm, paired differences, curves.
+    The rendering holds no session: one is opened for the reads only."""
+    with sessions() as session:
+        row = _get(session, tenant_id, comparison_id)
+        spec = ComparisonCreate.model_validate(row.spec)
+        jobs = _jobs(session, row.id)
+        summary = summarize(_arm_results(spec, jobs), reference=spec.reference_arm)
+        curves = _curves(session, jobs)
     buffer = io.BytesIO()
-    plot_comparison(summary, _curves(session, jobs), buffer)
+    plot_comparison(summary, curves, buffer)
     return buffer.getvalue()

@@ -2,7 +2,8 @@
 
 A dataset is all or nothing: it is extracted and checked in a staging folder, and only a clean
 one (warnings allowed) becomes a row and ``artifacts/datasets/<id>/``. A rejected upload
-leaves neither behind.
+leaves neither behind. Uploading and generating take a sessionmaker: the extraction, checks
+and rendering hold no database session, only the short publishing step does (``api.heavy``).
 """
 
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.data.archive import ArchiveLimits, DatasetError, extract_zip, find_dataset_root
 from ae_model.data.check import check_dataset
@@ -93,7 +94,7 @@ def _publish(
 
 
 def upload_dataset(
-    session: Session,
+    sessions: sessionmaker[Session],
     tenant_id: int,
     settings: Settings,
     archive: IO[bytes],
@@ -130,13 +131,14 @@ def upload_dataset(
             num_val=counts["val"].images,
             report=public_report.model_dump(mode="json"),
         )
-        return _publish(session, settings, staging, root, row)
+        with sessions() as session:
+            return _publish(session, settings, staging, root, row)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def generate(
-    session: Session, tenant_id: int, settings: Settings, spec: DatasetGenerate
+    sessions: sessionmaker[Session], tenant_id: int, settings: Settings, spec: DatasetGenerate
 ) -> DatasetPublic:
     """Render and store the ``digits`` or ``shapes`` dataset ``spec`` asks for."""
     staging = _staging_dir(settings)
@@ -174,7 +176,8 @@ def generate(
             num_val=info.splits["val"].num_images,
             report=report.model_dump(mode="json"),
         )
-        return _publish(session, settings, staging, staging, row)
+        with sessions() as session:
+            return _publish(session, settings, staging, staging, row)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -2,15 +2,17 @@
 
 A model is referred to by a ``ref``: a bundled cfg's name (``yolov3-tiny``) or an uploaded
 cfg's id (``12``). Cfgs are parsed with ``ae_model.cfg`` (torch-free), so an upload that would
-not build is refused here, with the line at fault, rather than in a training job.
+not build is refused here, with the line at fault, rather than in a training job. What a listing
+shows of an uploaded cfg is stored with it (``ModelConfig.summary``), so listing parses nothing.
 """
 
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.cfg import (
     SIZE_STEP,
@@ -24,6 +26,7 @@ from ae_model.cfg import (
 from api.budget import parameters_over_budget
 from api.core.db.models import ModelConfig
 from api.core.model_refs import (
+    ModelCfg,
     ModelNotFoundError,
     bundled_model,
     resolve_model,
@@ -50,22 +53,45 @@ class _Cfg:
     created_at: datetime | None = None
 
     def public(self) -> ModelPublic:
-        heads = [s for s in self.config.sections if isinstance(s, YoloSection | RegionSection)]
-        net = self.config.net
         return ModelPublic(
             ref=self.ref,
             id=self.id,
             name=self.name,
             source="bundled" if self.id is None else "uploaded",
-            classes=heads[0].classes if heads else None,
-            width=net.width,
-            height=net.height,
-            channels=net.channels,
-            layers=len(self.config.sections),
-            bflops=sum(row.bflops for row in self.config.layer_table()),
-            warnings=list(self.warnings),
             created_at=self.created_at,
+            **_summary(self.config, self.warnings),
         )
+
+
+def _summary(config: DarknetConfig, warnings: tuple[str, ...]) -> dict[str, Any]:
+    """``ModelPublic``'s fields that come from parsing the cfg, as JSON."""
+    heads = [s for s in config.sections if isinstance(s, YoloSection | RegionSection)]
+    net = config.net
+    return {
+        "classes": heads[0].classes if heads else None,
+        "width": net.width,
+        "height": net.height,
+        "channels": net.channels,
+        "layers": len(config.sections),
+        "bflops": sum(row.bflops for row in config.layer_table()),
+        "warnings": list(warnings),
+    }
+
+
+def _stored_public(row: ModelConfig) -> ModelPublic:
+    """An upload as clients see it, from its stored summary; one stored before migration 0009
+    is parsed once and its summary kept (committed by the caller)."""
+    if row.summary is None:
+        cfg = _uploaded(row)
+        row.summary = _summary(cfg.config, cfg.warnings)
+    return ModelPublic(
+        ref=str(row.id),
+        id=row.id,
+        name=row.name,
+        source="uploaded",
+        created_at=row.created_at,
+        **row.summary,
+    )
 
 
 def _parse(text: str, source: str) -> tuple[DarknetConfig, tuple[str, ...]]:
@@ -101,12 +127,17 @@ def _uploaded(row: ModelConfig) -> _Cfg:
     return _Cfg(str(row.id), row.id, row.name, config, messages, row.created_at)
 
 
-def _resolve(ref: str, session: Session, tenant_id: int) -> _Cfg:
+def _find(session: Session, tenant_id: int, ref: str) -> ModelCfg:
     """The cfg a ref names, visible to the tenant; NotFound otherwise."""
     try:
-        model = resolve_model(session, tenant_id, ref)
+        return resolve_model(session, tenant_id, ref)
     except ModelNotFoundError as error:
         raise NotFound(str(error)) from None
+
+
+def _resolve(ref: str, session: Session, tenant_id: int) -> _Cfg:
+    """The cfg a ref names, visible to the tenant, parsed; NotFound otherwise."""
+    model = _find(session, tenant_id, ref)
     return _bundled()[model.name] if model.upload is None else _uploaded(model.upload)
 
 
@@ -143,15 +174,18 @@ def list_models(session: Session, tenant_id: int, limit: int, offset: int) -> Pa
             .limit(uploaded_limit)
             .offset(uploaded_offset)
         ).all()
-        data += [_uploaded(row).public() for row in rows]
+        data += [_stored_public(row) for row in rows]
+        if session.dirty:  # summaries filled in for rows stored before migration 0009
+            session.commit()
     return Page(data=data, count=len(bundled) + uploaded_count)
 
 
 def create_model(
-    session: Session, tenant_id: int, settings: Settings, body: ModelCreate
+    sessions: sessionmaker[Session], tenant_id: int, settings: Settings, body: ModelCreate
 ) -> ModelPublic:
     """Store a cfg that parses and fits this server's compute and parameter budgets at its
-    own size; Invalid otherwise, with the line at fault or the budget passed."""
+    own size; Invalid otherwise, with the line at fault or the budget passed. The parse holds
+    no session: one is opened to store the row."""
     try:
         config, messages = _parse(body.cfg, f"{body.name}.cfg")
     except CfgError as error:
@@ -167,24 +201,29 @@ def create_model(
     too_many = parameters_over_budget(rows, settings.max_params_m)
     if too_many:
         raise Invalid(f"{body.name}.cfg: {too_many}")
-    row = ModelConfig(tenant_id=tenant_id, name=body.name, cfg_text=body.cfg)
-    session.add(row)
-    session.commit()
-    return _Cfg(str(row.id), row.id, row.name, config, messages, row.created_at).public()
+    summary = _summary(config, messages)
+    row = ModelConfig(tenant_id=tenant_id, name=body.name, cfg_text=body.cfg, summary=summary)
+    with sessions() as session:
+        session.add(row)
+        session.commit()
+        return _stored_public(row)
 
 
 def get_model(session: Session, tenant_id: int, ref: str) -> ModelPublic:
-    return _resolve(ref, session, tenant_id).public()
+    model = _find(session, tenant_id, ref)
+    if model.upload is None:
+        return _bundled()[model.name].public()
+    public = _stored_public(model.upload)
+    if session.dirty:  # the summary of a row stored before migration 0009
+        session.commit()
+    return public
 
 
 def delete_model(session: Session, tenant_id: int, ref: str) -> None:
     """Delete the tenant's uploaded cfg ``ref``. NotFound for no such cfg (or another
     tenant's); Conflict for a bundled cfg, or while a queued or running job trains it.
     Finished jobs keep their resolved cfg text."""
-    try:
-        model = resolve_model(session, tenant_id, ref)
-    except ModelNotFoundError as error:
-        raise NotFound(str(error)) from None
+    model = _find(session, tenant_id, ref)
     if model.upload is None:
         raise Conflict(f"{model.name} is a bundled cfg, part of the server; only uploaded cfgs "
                        "can be deleted")  # fmt: skip

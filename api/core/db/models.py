@@ -102,6 +102,9 @@ class ModelConfig(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     cfg_text: Mapped[str] = mapped_column(Text)
+    # What a listing shows of the parsed cfg (api.services.models), stored at upload so a
+    # listing parses nothing; null for rows uploaded before migration 0009 until first listed.
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

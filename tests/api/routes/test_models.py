@@ -6,6 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ae_model.cfg import bundled_cfg_path, list_bundled_cfgs
+from api.core.db import make_engine, make_session_factory
+from api.core.db.models import ModelConfig
+from api.core.settings import Settings
 from api.schemas.datasets import DatasetGenerate
 from api.schemas.models import ModelCreate
 
@@ -177,3 +180,41 @@ def test_openapi_examples_are_valid_requests(client: TestClient, auth: dict[str,
         assert client.post("/v1/models", json=example, headers=auth).status_code == 201
     for example in schemas["DatasetGenerate"]["examples"]:
         DatasetGenerate.model_validate(example)
+
+
+def _stored_row(settings: Settings, model_id: int, **values: Any) -> dict[str, Any]:
+    """Set ``values`` on the upload's row as stored, and return its summary afterwards."""
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        with make_session_factory(engine)() as session:
+            row = session.get_one(ModelConfig, model_id)
+            for column, value in values.items():
+                setattr(row, column, value)
+            session.commit()
+            return row.summary or {}
+    finally:
+        engine.dispose()
+
+
+def test_listing_reads_what_the_upload_stored_not_the_cfg(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    created = create(client, auth).json()
+    # A cfg that no longer parses: listing and reading answer from the summary stored at upload.
+    _stored_row(settings, created["id"], cfg_text="[net]\nwidth=-1\n")
+    uploads = f"/v1/models?offset={len(list_bundled_cfgs())}"
+    assert client.get(uploads, headers=auth).json()["data"] == [created]
+    assert client.get(f"/v1/models/{created['id']}", headers=auth).json() == created
+    layers = client.get(f"/v1/models/{created['id']}/layers", headers=auth)
+    assert layers.status_code == 422 and "no longer parses" in layers.json()["detail"]
+
+
+def test_a_cfg_stored_before_summaries_is_parsed_once(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    created = create(client, auth).json()
+    assert _stored_row(settings, created["id"], summary=None) == {}
+    uploads = f"/v1/models?offset={len(list_bundled_cfgs())}"
+    assert client.get(uploads, headers=auth).json()["data"] == [created]
+    summary = _stored_row(settings, created["id"])
+    assert summary["layers"] == created["layers"] and summary["warnings"] == created["warnings"]
