@@ -68,6 +68,7 @@ class _FailsToTrain:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.config = type("Config", (), {"resolved": {"max_batches": 10}})()
+        self.resolved = type("Resolved", (), {"max_batches": 10})()
 
     def train(self) -> dict[str, float]:
         raise _Unexpected("the loader broke")
