@@ -21,8 +21,8 @@ from api.core.db.models import MAX_ROW_ID, Dataset
 from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.datasets import DatasetGenerate, DatasetPublic, DatasetReport, SplitCounts
-from api.services.errors import Conflict, Invalid, NotFound
-from api.services.jobs import active_jobs_naming
+from api.services.errors import Invalid, NotFound
+from api.services.jobs import refuse_while_in_use
 from api.services.usage import check_quota, dataset_folder, folder_bytes
 
 
@@ -204,12 +204,7 @@ def delete_dataset(session: Session, tenant_id: int, settings: Settings, dataset
     the artifact store. NotFound for another tenant's or a deleted one; Conflict while a
     queued or running job trains on it. Finished jobs keep their results and checkpoints."""
     get_dataset(session, tenant_id, dataset_id)
-    active = active_jobs_naming(session, tenant_id, "dataset_id", dataset_id)
-    if active:
-        raise Conflict(
-            f"dataset {dataset_id} is used by queued or running job(s) {active}; cancel them "
-            "(POST /v1/jobs/{id}/cancel) or wait for them to finish, then delete it"
-        )
+    refuse_while_in_use(session, tenant_id, "dataset_id", dataset_id, f"dataset {dataset_id}")
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
     session.commit()
     shutil.rmtree(dataset_folder(settings, dataset_id), ignore_errors=True)

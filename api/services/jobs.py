@@ -248,13 +248,20 @@ def delete_job(session: Session, tenant_id: int, settings: Settings, job_id: int
     remove_job_folders(settings, [job_id])
 
 
-def active_jobs_naming(session: Session, tenant_id: int, field: str, value: int) -> list[int]:
-    """Ids of the tenant's queued or running jobs whose spec's ``field`` (``dataset_id``,
-    ``model``) names ``value``: what a deletion must wait for."""
+def refuse_while_in_use(
+    session: Session, tenant_id: int, field: str, value: int, what: str
+) -> None:
+    """Conflict while a queued or running job of the tenant names ``value`` in its spec's
+    ``field`` (``dataset_id``, ``model``): a deletion of ``what`` must wait for them."""
     specs = session.execute(
         select(Job.id, Job.spec).where(Job.tenant_id == tenant_id, Job.state.in_(ACTIVE_STATES))
     ).all()
-    return [job_id for job_id, spec in specs if _ref(spec, field) == value]
+    active = [job_id for job_id, spec in specs if _ref(spec, field) == value]
+    if active:
+        raise Conflict(
+            f"{what} is used by queued or running job(s) {active}; cancel them "
+            "(POST /v1/jobs/{id}/cancel) or wait for them to finish, then delete it"
+        )
 
 
 def _ref(spec: dict[str, Any], field: str) -> str | int | None:

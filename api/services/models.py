@@ -36,7 +36,7 @@ from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.models import LayerRowPublic, LayerTablePublic, ModelCreate, ModelPublic
 from api.services.errors import Conflict, Invalid, NotFound
-from api.services.jobs import active_jobs_naming
+from api.services.jobs import refuse_while_in_use
 
 MAX_INPUT_SIDE = 4096
 
@@ -228,12 +228,7 @@ def delete_model(session: Session, tenant_id: int, ref: str) -> None:
         raise Conflict(f"{model.name} is a bundled cfg, part of the server; only uploaded cfgs "
                        "can be deleted")  # fmt: skip
     upload_id = model.upload.id
-    active = active_jobs_naming(session, tenant_id, "model", upload_id)
-    if active:
-        raise Conflict(
-            f"model {upload_id} is trained by queued or running job(s) {active}; cancel them "
-            "(POST /v1/jobs/{id}/cancel) or wait for them to finish, then delete it"
-        )
+    refuse_while_in_use(session, tenant_id, "model", upload_id, f"model {upload_id}")
     session.execute(delete(ModelConfig).where(ModelConfig.id == upload_id))
     session.commit()
 
