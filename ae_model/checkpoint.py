@@ -45,6 +45,22 @@ _RUN_IDENTITY = ("seed", "augment", "ae")
 _REPORTS = frozenset({"notes", "warnings"})
 
 
+def _recipe_defaults(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The recipe settings a checkpoint written before they were resolved trained with:
+    SGD, no moving average, darknet's sgdr defaults."""
+    return {
+        "learning_rate_min": 0.00001,
+        "sgdr_cycle": resolved.get("max_batches"),
+        "sgdr_mult": 2,
+        "optimizer": "sgd",
+        "adam_b1": 0.9,
+        "adam_b2": 0.999,
+        "adam_eps": 0.000001,
+        "ema_alpha": 0.0,
+        "ema_start": 0,
+    }
+
+
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``"name: saved -> current"`` for each setting of the run that differs."""
     changed = [
@@ -53,6 +69,8 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str
         if saved.get(key) != current.get(key)
     ]
     old, new = saved.get("resolved", {}), current.get("resolved", {})
+    if old:
+        old = {**_recipe_defaults(old), **old}
     if "augment" in old:
         # An augmentation added since the checkpoint was written (mosaic) was off in it.
         old = {**old, "augment": {**dataclasses.asdict(AugmentParams()), **old["augment"]}}

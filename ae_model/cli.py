@@ -210,6 +210,17 @@ def train(
     workers: Annotated[int, typer.Option(help=_help("workers"))] = _TRAIN.workers,
     world_size: Annotated[int, typer.Option(help=_help("world_size"))] = _TRAIN.world_size,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from these weights: a darknet .weights file made for --cfg (e.g. "
+            "darknet53.conv.74) or a checkpoint (.pt) to fine-tune; layers whose shapes differ "
+            "are re-initialised."
+        ),
+    ] = None,
+    weights_cutoff: Annotated[
+        int | None, typer.Option(help=option_help(TrainConfig, "weights_cutoff"))
+    ] = None,
 ) -> None:
     """Train a darknet cfg on a dataset; writes last.pt, best.pt, results.csv, results.png."""
     from ae_model.hooks import ProgressBar, ResultsLogger, format_metrics_table
@@ -226,6 +237,7 @@ def train(
             amp=amp, compile=compile, workers=workers, eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval, val_limit=val_limit,
             nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor, world_size=world_size,
+            weights=None if weights is None else str(weights), weights_cutoff=weights_cutoff,
             ae=_ae_config(ae_layers, ae_stride, ae_schedule, ae_iterations, ae_alpha_max,
                           ae_mode, ae_detach),
         )  # fmt: skip
@@ -235,6 +247,8 @@ def train(
         raise typer.Exit(code=2) from error
     for note in trainer.resolved.notes:
         typer.echo(f"note: {note}", err=True)
+    if trainer.start is not None:
+        typer.echo(f"note: {trainer.start.describe()}", err=True)
     for warning in trainer.resolved.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if trainer.ae_layers:

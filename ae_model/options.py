@@ -29,6 +29,8 @@ class LRPolicy(StrEnum):
     EXP = "exp"
     SIG = "sig"
     SGDR = "sgdr"
+    COSINE = "cosine"
+    """aetrain's, not darknet's: one cosine decay to learning_rate_min after the burn-in."""
 
 
 class AESchedule(StrEnum):
@@ -239,8 +241,20 @@ class TrainConfig(TrainOptions):
     ae: AEConfig | None = None
     device: str = "auto"
     channels_last: bool = True
+    weights: str | None = None
+    """Start weights (docs/training.md): a darknet ``.weights`` file made for ``cfg`` (full, or
+    a ``.conv.N`` backbone) or an aetrain checkpoint (``.pt``), to fine-tune from; None: the
+    seeded initialisation."""
+    weights_cutoff: int | None = option(
+        None, "Load only the first N layers of the start weights (darknet's partial).", ge=1
+    )
     resolved: dict[str, Any] = field(default_factory=dict)
     """:class:`ae_model.resolve.ResolvedTraining` as a dict, plus what the Trainer adds."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weights_cutoff is not None and self.weights is None:
+            raise ValueError("weights_cutoff applies to start weights: give weights too")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

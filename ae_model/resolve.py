@@ -10,11 +10,13 @@ a :class:`JobSettingsError` that names the setting to change.
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from ae_model.cfg import (
     CfgError,
     DarknetConfig,
+    LayerRow,
     RegionSection,
     YoloSection,
     parse_cfg,
@@ -55,6 +57,9 @@ class ResolvedTraining:
     retargeted to the dataset's classes when they differ."""
 
     cfg: DarknetConfig
+    layers: tuple[LayerRow, ...]
+    """``cfg``'s layer table at ``width x height``, computed once per resolution (the API's
+    budgets read it too)."""
     batch: int
     subdivisions: int
     max_batches: int
@@ -69,6 +74,20 @@ class ResolvedTraining:
     step: int
     scale: float
     gamma: float
+    learning_rate_min: float
+    """Where policy=sgdr and policy=cosine decay to."""
+    sgdr_cycle: int
+    """policy=sgdr's first cycle, in iterations: the cfg's sgdr_cycle, else max_batches."""
+    sgdr_mult: int
+    optimizer: str
+    """``sgd``, or ``adam`` (the cfg's ``adam=1``) with ``adam_b1``, ``adam_b2``, ``adam_eps``."""
+    adam_b1: float
+    adam_b2: float
+    adam_eps: float
+    ema_alpha: float
+    """darknet's ``ema_alpha``: the rate of the weights' moving average (0: none)."""
+    ema_start: int
+    """The iteration from which the average runs: darknet's ``max_batches / 2``."""
     width: int
     height: int
     random: float
@@ -97,7 +116,11 @@ class ResolvedTraining:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, the form stored with a job and in checkpoints (``resolved``)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "cfg"}
+        data = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("cfg", "layers")
+        }
         data["policy"] = str(self.policy)
         data["augment"] = dataclasses.asdict(self.augment)
         for key in ("steps", "scales", "ae_layers", "notes", "warnings"):
@@ -152,7 +175,7 @@ def resolve_training(
     width, height = _pick(options.width, net.width), _pick(options.height, net.height)
     _check_size(width, height)
     try:
-        cfg.layer_table(width, height)  # every layer fits that input
+        layers = tuple(cfg.layer_table(width, height))  # every layer fits that input
     except CfgError as error:
         raise JobSettingsError(("train", "width"), f"at {width}x{height}: {error}") from error
     heads = [s for s in cfg.sections if isinstance(s, YoloSection | RegionSection)]
@@ -160,6 +183,7 @@ def resolve_training(
     learning_rate = _pick(options.learning_rate, net.learning_rate)
     return ResolvedTraining(
         cfg=cfg,
+        layers=layers,
         batch=batch,
         subdivisions=subdivisions,
         max_batches=max_batches,
@@ -174,6 +198,15 @@ def resolve_training(
         step=net.step,
         scale=net.scale,
         gamma=net.gamma,
+        learning_rate_min=net.learning_rate_min,
+        sgdr_cycle=net.sgdr_cycle or max_batches,
+        sgdr_mult=net.sgdr_mult,
+        optimizer="adam" if net.adam else "sgd",
+        adam_b1=net.b1,
+        adam_b2=net.b2,
+        adam_eps=net.eps,
+        ema_alpha=net.ema_alpha,
+        ema_start=max_batches // 2 if net.ema_alpha else 0,
         width=width,
         height=height,
         random=resolve_random(max((h.random for h in heads), default=0.0), options.multiscale),
@@ -204,14 +237,20 @@ def _retargeted(
     if num_classes is None or classes == {num_classes}:
         return cfg, None
     try:
-        text = retarget_classes(cfg.text, num_classes)
-        return parse_cfg(text, cfg.source), tuple(sorted(classes))
+        return _retarget(cfg.text, cfg.source, num_classes), tuple(sorted(classes))
     except CfgError as error:
         raise JobSettingsError(
             ("model",),
             f"the cfg's heads resized to the dataset's {num_classes} classes do not make a "
             f"network aetrain can build ({error}); train on a dataset with fewer classes",
         ) from error
+
+
+@lru_cache(maxsize=32)
+def _retarget(text: str, source: str, num_classes: int) -> DarknetConfig:
+    # Once per cfg and class count, not per job: the API resolves every submission, mostly of
+    # the same few cfgs and datasets (DarknetConfig is frozen, so callers may share it).
+    return parse_cfg(retarget_classes(text, num_classes), source)
 
 
 def _check_micro_batches(batch: int, subdivisions: int, world_size: int) -> None:

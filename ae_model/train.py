@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -38,10 +38,11 @@ from ae_model.evaluate import COCOEvaluator, Detections, postprocess, timed
 from ae_model.excitation import AssistedExcitation, ExcitationContext, attach_excitation
 from ae_model.layers import RegionLayer, YoloLayer
 from ae_model.loss import YoloLoss
-from ae_model.optim import LRSchedule, build_optimizer, build_scheduler
+from ae_model.optim import Adam, LRSchedule, build_ema, build_optimizer, build_scheduler
 from ae_model.options import TrainConfig
 from ae_model.region_loss import RegionLoss
 from ae_model.resolve import resolve_training
+from ae_model.weights import load_start_weights
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,12 @@ class Trainer:
         r = self.resolved
         seed_everything(config.seed)  # before building: the seed fixes the initial weights
         self.model = Darknet(r.cfg)
+        # The cfg as given is the network a .weights start was made for, before retargeting.
+        self.start = (
+            load_start_weights(self.model, config.weights, cfg, config.weights_cutoff)
+            if config.weights is not None
+            else None
+        )
         self.context = ExcitationContext()
         ae = config.ae
         self.ae_layers = attach_excitation(
@@ -169,8 +176,15 @@ class Trainer:
             step=r.step,
             scale=r.scale,
             gamma=r.gamma,
+            learning_rate_min=r.learning_rate_min,
+            sgdr_cycle=r.sgdr_cycle,
+            sgdr_mult=r.sgdr_mult,
         )
-        self.optimizer = build_optimizer(self.model, r.learning_rate, r.momentum, r.decay)
+        adam = Adam(r.adam_b1, r.adam_b2, r.adam_eps) if r.optimizer == "adam" else None
+        self.optimizer = build_optimizer(self.model, r.learning_rate, r.momentum, r.decay, adam)
+        # Built after the model is on its device (the average is a copy of it); it starts
+        # averaging at r.ema_start (_update_ema).
+        self.ema = build_ema(self.model, r.ema_alpha) if r.ema_alpha else None
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.amp_dtype = autocast_dtype(self.device) if config.amp else None
         self.scaler = torch.amp.GradScaler(
@@ -180,6 +194,7 @@ class Trainer:
             **r.as_dict(),
             "classes": list(self.train_set.class_names),
             "amp_dtype": None if self.amp_dtype is None else str(self.amp_dtype).split(".")[-1],
+            "start": None if self.start is None else self.start.as_dict(),
         }
         if resume is not None:
             self.load_checkpoint(resume)
@@ -351,6 +366,7 @@ class Trainer:
         self.scheduler.step()
         alphas = [m.last_alpha for m in self.ae_modules().values()]
         self.iteration += 1
+        self._update_ema()
         elapsed = time.perf_counter() - start
         metrics = {
             "iteration": float(self.iteration),
@@ -367,6 +383,21 @@ class Trainer:
         if self.device.type == "cuda":
             metrics["gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return metrics
+
+    def _update_ema(self) -> None:
+        """darknet's ema_update after the optimizer step, from iteration ``ema_start`` on (the
+        first copies the weights). Darknet stops averaging 1000 iterations before the end and
+        copies the average into the network; here it averages to the end (docs/training.md)."""
+        if self.ema is not None and self.iteration >= self.resolved.ema_start:
+            self.ema.update_parameters(self.model)
+
+    @property
+    def eval_model(self) -> Darknet:
+        """The network evaluation, ``best.pt`` and exported ``.weights`` use: the weights'
+        moving average once it has started (``ema_alpha``), else the trained network."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return cast(Darknet, self.ema.module)  # AveragedModel's copy of self.model
+        return self.model
 
     def _prepare_excitation(self, width: int, height: int) -> None:
         """Each AE layer's alpha and mask for this micro-batch, outside the compiled graph."""
@@ -408,18 +439,19 @@ class Trainer:
             workers=self.config.workers,
         )
         evaluator = COCOEvaluator(self.val_set.coco_ground_truth(), self.val_set.category_ids)
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         for images, _targets, metas in loader:
             images = images.to(self.device, non_blocking=True)
             with timed(evaluator, images.shape[0], self.device), torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32,
                 enabled=self.amp_dtype is not None,
             ):  # fmt: skip
-                detections = postprocess(self.model(images).float())
+                detections = postprocess(model(images).float())
             for det, meta in zip(detections, metas, strict=True):
                 boxes = unletterbox_boxes(det.boxes, meta)
                 evaluator.update(meta.image_id, Detections(boxes, det.scores, det.labels))
-        self.model.train()
+        model.train()
         metrics = evaluator.summarize()
         metrics["iteration"] = float(self.iteration)
         self.evaluations.append(metrics)
@@ -438,6 +470,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            # The moving average (ema_alpha) beside the trained weights, which a resume needs.
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "iteration": self.iteration,
             "rng": rng_state(),
             "config": self.config.to_dict(),
@@ -475,6 +509,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["lr_scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.iteration = state["iteration"]
         self.best_metric = state["best_metric"]
         self.last_finite_loss = state["last_finite_loss"]

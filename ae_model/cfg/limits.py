@@ -125,6 +125,16 @@ _BY_SECTION = {
         "saturation": Limit(0, 100),
         "exposure": Limit(0, 100),
         "hue": _FRACTION,
+        "adam": _FLAG,
+        # torch.optim.Adam needs betas below 1; darknet's defaults are 0.9 and 0.999.
+        "B1": Limit(0, 0.999999),
+        "B2": Limit(0, 0.999999),
+        "eps": Limit(0, 1),
+        # ema_alpha=1 would keep the weights of the iteration the average starts at.
+        "ema_alpha": Limit(0, 0.999999),
+        "learning_rate_min": Limit(0, 1e12),
+        "sgdr_cycle": Limit(1, MAX_ITERATIONS),
+        "sgdr_mult": Limit(1, 1000),
     },
 }
 

@@ -38,56 +38,69 @@ _ANY_LAYER_KEYS = frozenset({"assisted_excitation"})
 _IGNORED_KEYS = {
     "net": frozenset(
         [
+            # Classifier crops, display, memory and speed knobs of darknet's own trainer.
             "min_crop",
             "max_crop",
-            "blur",
-            "gaussian_noise",
-            "mixup",
-            "cutmix",
             "max_chart_loss",
             "optimized_memory",
             "workspace_size_limit_MB",
-            "adam",
-            "B1",
-            "B2",
-            "eps",
-            "track",
-            "time_steps",
-            "augment_speed",
-            "sequential_subdivisions",
-            "init_sequential_subdivisions",
-            "try_fix_nan",
+            "use_cuda_graph",
             "loss_scale",
-            "dynamic_minibatch",
-            "learning_rate_min",
-            "sgdr_cycle",
-            "sgdr_mult",
+            "try_fix_nan",
             "seed",
-            "resize_step",
-            "label_smooth_eps",
             "inputs",
             "max_batches_burn_in",
             "num_sigmas",
             "show_receptive_field",
-            "contrastive",
+            # Read by darknet only with track=1, which is refused.
+            "augment_speed",
+            "sequential_subdivisions",
+            "init_sequential_subdivisions",
         ]
     ),
     "yolo": frozenset(
         [
+            # Detections kept per image and darknet's inference-time NMS and class map:
+            # evaluation here runs its own NMS (docs/training.md, "Recipe vocabulary").
             "max",
-            "resize",
-            "nms_kind",
             "beta_nms",
-            "counters_per_class",
-            "focal_loss",
-            "objectness_smooth",
-            "iou_thresh_kind",
-            "delta_normalizer",
             "map",
+            # AlexeyAB's random rescale range in its data loader: not implemented, and
+            # accepted because the bundled yolov4-tiny cfgs carry it (docs/training.md).
+            "resize",
         ]
     ),
     "region": frozenset(["absolute", "max", "log", "sqrt", "map", "nms_kind", "beta_nms"]),
 }
+
+# [net] keys of darknet features aetrain does not run, with the value that turns each off;
+# any other value is refused when the cfg is read.
+_NET_OFF = {
+    "blur": "0",
+    "gaussian_noise": "0",
+    "mixup": "0",
+    "cutmix": "0",
+    "mosaic_bound": "0",
+    "track": "0",
+    "time_steps": "1",
+    "dynamic_minibatch": "0",
+    "resize_step": "32",
+    "contrastive": "0",
+    "unsupervised": "0",
+    "adversarial_lr": "0",
+    "weights_reject_freq": "0",
+    "badlabels_rejection_percentage": "0",
+}
+# The same for [yolo] loss variants.
+_YOLO_OFF = {
+    "new_coords": "0",
+    "focal_loss": "0",
+    "objectness_smooth": "0",
+    "delta_normalizer": "1",
+    "iou_thresh_kind": "iou",
+}
+# darknet's NMS kinds aetrain's evaluation matches (greedy per class).
+_GREEDY_NMS = frozenset({"default", "greedynms"})
 
 # How a value is named in errors, alone and in a list.
 _NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers")}
@@ -182,10 +195,15 @@ class SectionReader:
         return name
 
     def reject(self, key: str, default: str) -> None:
-        """Refuse a darknet feature not built here, rather than silently building another net."""
+        """Refuse a darknet feature not built or trained here (any value but ``default``,
+        its "off"), rather than silently building another net or training another way."""
         value = self.get(key)
-        if value is not None and value != default:
-            raise self.error(f"{key}={value} is not supported by aetrain (only {default})", key)
+        if value is not None and not _same_value(value, default):
+            raise self.error(
+                f"{key}={shown(value)} is not supported by aetrain (only {default}); "
+                "remove the key",
+                key,
+            )
 
     def unknown_keys(self) -> list[str]:
         """A warning per key that no read asked for and darknet's own keys do not explain."""
@@ -222,6 +240,14 @@ class SectionReader:
                 key,
             )
         return target
+
+
+def _same_value(value: str, default: str) -> bool:
+    """``value`` means ``default``: the same text, or the same number (``0.0`` and ``0``)."""
+    try:
+        return float(value) == float(default)
+    except ValueError:
+        return value.strip() == default
 
 
 def _anchors(r: SectionReader, num: int) -> tuple[tuple[float, float], ...]:
@@ -333,7 +359,21 @@ def _parse_yolo(r: SectionReader) -> dict[str, Any]:
         raise r.error(
             f"iou_loss={iou_loss}: expected one of {', '.join(sorted(IOU_LOSSES))}", "iou_loss"
         )
-    r.reject("new_coords", "0")
+    for key, off in _YOLO_OFF.items():
+        r.reject(key, off)
+    if r.get("counters_per_class") is not None:
+        raise r.error(
+            "counters_per_class= (darknet's class-balancing weights) is not supported by "
+            "aetrain; remove the key",
+            "counters_per_class",
+        )
+    nms_kind = r.text("nms_kind", "default")
+    if nms_kind not in _GREEDY_NMS:
+        raise r.error(
+            f"nms_kind={shown(nms_kind)}: aetrain evaluates with greedy NMS only; use "
+            "nms_kind=greedynms or remove the key",
+            "nms_kind",
+        )
     return {
         "classes": classes,
         "num": num,
@@ -420,9 +460,27 @@ def _parse_net(r: SectionReader) -> NetOptions:
         flip=r.flag("flip", True),
         mosaic=r.flag("mosaic"),
         letter_box=r.flag("letter_box"),
+        adam=r.flag("adam"),
+        b1=r.number("B1", 0.9),
+        b2=r.number("B2", 0.999),
+        eps=r.number("eps", 0.000001),
+        ema_alpha=r.number("ema_alpha", 0.0),
+        learning_rate_min=r.number("learning_rate_min", 0.00001),
+        sgdr_cycle=r.integer("sgdr_cycle", 0),
+        sgdr_mult=r.integer("sgdr_mult", 2),
     )
     if min(net.width, net.height, net.channels) < 1:
         raise r.error("needs width=, height= and channels= (the network input size)")
+    for key, off in _NET_OFF.items():
+        r.reject(key, off)
+    if r.number("label_smooth_eps", 0.0):
+        # AlexeyAB's darknet reads [net] label_smooth_eps for classifier data and the
+        # contrastive layer only; the [yolo] loss reads the head's own key.
+        raise r.error(
+            "label_smooth_eps in [net] smooths classifier labels in darknet, not a detector's; "
+            "set label_smooth_eps in each [yolo] section instead",
+            "label_smooth_eps",
+        )
     return net
 
 
@@ -483,6 +541,7 @@ def parse_cfg(text: str, source: str = "<cfg>") -> DarknetConfig:
             what = "a second [net]" if kind else f"unknown section [{shown(raw.name)}]"
             raise CfgError(f"{source}:{raw.line}: {what}; expected one of {supported}")
         reader = SectionReader(raw, kind, source)
+        reader.reject("stopbackward", "0")  # darknet freezes the layers before it
         if kind in _INDEXED_PARSERS:
             cls, parse_indexed = _INDEXED_PARSERS[kind]
             values = parse_indexed(reader, index)

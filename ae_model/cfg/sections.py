@@ -92,6 +92,15 @@ class NetOptions(Mapping[str, str]):
     flip: bool
     mosaic: bool
     letter_box: bool
+    adam: bool
+    b1: float
+    b2: float
+    eps: float
+    ema_alpha: float
+    learning_rate_min: float
+    sgdr_cycle: int
+    """0 when the cfg does not set it: darknet's default is the run's max_batches."""
+    sgdr_mult: int
 
     def __getitem__(self, key: str) -> str:
         return self.options[key]

@@ -132,6 +132,26 @@ else:
     )
 
 
+class ModelWeightsStart(StrictModel):
+    """Start from the .weights uploaded for the job's model (``POST /v1/models/{id}/weights``),
+    up to the cutoff given there."""
+
+    source: Literal["model_weights"]
+
+
+class CheckpointStart(StrictModel):
+    """Fine-tune: start from a checkpoint of one of your finished jobs. Layers whose shapes
+    differ (the heads and the convolutions feeding them, on a dataset with other classes) are
+    re-initialised."""
+
+    source: Literal["job"]
+    job_id: int = Field(ge=1, le=2**31 - 1)
+    checkpoint: Literal["last", "best"] = "last"
+
+
+StartSpec = Annotated[ModelWeightsStart | CheckpointStart, Field(discriminator="source")]
+
+
 class JobCreate(StrictModel):
     """A training job: a model (cfg), a dataset, a seed, training overrides and optional AE."""
 
@@ -156,6 +176,11 @@ class JobCreate(StrictModel):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     train: TrainSpec = Field(default_factory=TrainSpec)
     ae: AESpec | None = None
+    init: StartSpec | None = Field(
+        default=None,
+        description="Start weights: the model's uploaded .weights, or a finished job's "
+        "checkpoint; null: the seed's initialisation.",
+    )
     queue: Annotated[str, Field(pattern=QUEUE_PATTERN)] = "cpu"
     device: str = "auto"
     name: Annotated[str | None, Field(max_length=200)] = None

@@ -6,13 +6,13 @@ cfg's id (``12``).
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
 from api.core.db.models import MAX_ROW_ID
 from api.deps import HeavyDep, HeavyTenantDep, SessionDep, SessionsDep, SettingsDep, TenantDep
 from api.schemas.common import BAD_JSON, TENANT_BUSY, UNAUTHORIZED, Page
-from api.schemas.models import LayerTablePublic, ModelCreate, ModelPublic
-from api.services import models
+from api.schemas.models import LayerTablePublic, ModelCreate, ModelPublic, ModelWeightsPublic
+from api.services import model_weights, models
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=UNAUTHORIZED)
 
@@ -100,8 +100,55 @@ def get_layers(
         409: {"description": "A bundled cfg, or one a queued or running job trains."},
     },
 )
-def delete_model(ref: str, session: SessionDep, tenant_id: TenantDep) -> None:
-    """Delete an uploaded cfg (by its id). Bundled cfgs answer 409, as does a cfg a queued
-    or running job trains; finished jobs keep their resolved cfg. A second delete answers
-    404."""
-    models.delete_model(session, tenant_id, ref)
+def delete_model(
+    ref: str, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep
+) -> None:
+    """Delete an uploaded cfg (by its id) and its weights. Bundled cfgs answer 409, as does a
+    cfg a queued or running job trains; finished jobs keep their resolved cfg. A second
+    delete answers 404."""
+    models.delete_model(session, tenant_id, settings, ref)
+
+
+@router.post(
+    "/{ref}/weights",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelWeightsPublic,
+    summary="Upload darknet .weights to start the cfg's jobs from",
+    responses={
+        **NOT_FOUND,
+        **TENANT_BUSY,
+        400: {"description": "The body is not valid multipart form data."},
+        409: {"description": "A bundled cfg: upload its text as a model first."},
+        413: {"description": "Larger than the upload limit, or over the storage quota."},
+        422: {
+            "description": "Not a .weights file, or its size does not match the cfg's layers "
+            "up to the cutoff (the detail says what it holds)."
+        },
+    },
+)
+async def upload_weights(
+    ref: str,
+    sessions: SessionsDep,
+    tenant_id: HeavyTenantDep,
+    heavy: HeavyDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="A darknet .weights or .conv.N file.")],
+    cutoff: Annotated[
+        int | None,
+        Form(
+            ge=1,
+            le=MAX_ROW_ID,
+            description="The file holds the first N layers (darknet's partial, e.g. 74 for "
+            "darknet53.conv.74); omitted: all layers.",
+        ),
+    ] = None,
+) -> ModelWeightsPublic:
+    """Store darknet weights for an uploaded cfg, replacing any before; jobs of the cfg
+    start from them with ``"init": {"source": "model_weights"}``. The header and the size
+    are checked against the cfg's [convolutional] layers below ``cutoff``. The file counts
+    in the storage quota and goes with the model."""
+    return await heavy.run(
+        lambda: model_weights.upload_weights(
+            sessions, tenant_id, settings, ref, file.file, file.filename, cutoff
+        )
+    )

@@ -59,6 +59,21 @@ class ModelCreate(BaseModel):
     )
 
 
+class ModelWeightsPublic(BaseModel):
+    """Darknet .weights uploaded for a cfg: jobs of the cfg start from them with
+    ``"init": {"source": "model_weights"}``."""
+
+    size: int = Field(description="Bytes of the file.")
+    sha256: str
+    cutoff: int | None = Field(
+        description="The file holds the first `cutoff` layers (a .conv.N backbone); null: all."
+    )
+    layers: int = Field(description="[convolutional] layers the file holds.")
+    version: str = Field(description="The header's major.minor.revision.")
+    seen: int = Field(description="Images the weights were trained on, as the header says.")
+    created_at: UtcDatetime
+
+
 class ModelPublic(BaseModel):
     """A cfg, bundled or uploaded, with what its layer table says at the cfg's own size."""
 
@@ -77,6 +92,9 @@ class ModelPublic(BaseModel):
     )
     created_at: UtcDatetime | None = Field(
         default=None, description="Upload time; null if bundled."
+    )
+    weights: ModelWeightsPublic | None = Field(
+        default=None, description="Start weights uploaded for the cfg; null: none."
     )
 
 

@@ -4,8 +4,9 @@ from pydantic import BaseModel, Field
 
 
 class UsagePublic(BaseModel):
-    stored_bytes: int = Field(description="Datasets and jobs' folders together.")
+    stored_bytes: int = Field(description="Datasets, models' weights and jobs' folders together.")
     dataset_bytes: int
+    model_bytes: int = Field(description="Start weights uploaded for models.")
     job_bytes: int = Field(description="Checkpoints, their .weights and results of jobs.")
     max_bytes: int = Field(
         description="The quota, AETRAIN_MAX_TENANT_BYTES; uploads and "

@@ -27,7 +27,7 @@ from api.core.db.models import (
     Metric,
     utcnow,
 )
-from api.core.job_spec import JobCreate
+from api.core.job_spec import CheckpointStart, JobCreate, ModelWeightsStart
 from api.core.model_refs import ModelNotFoundError, model_ref, resolve_model
 from api.core.settings import Settings
 from api.schemas.common import Page
@@ -65,13 +65,13 @@ def _model_cfg(session: Session, tenant_id: int, model: str | int) -> DarknetCon
 
 def _check_budgets(resolved: ResolvedTraining, settings: Settings) -> None:
     """Invalid when the network, as it trains (heads retargeted to the dataset), does not fit
-    its training size or passes the compute, parameter or training-memory budget."""
+    its largest multi-scale size or passes the compute, parameter or training-memory budget."""
     width, height = resolved.width, resolved.height
     try:
-        rows = resolved.cfg.layer_table(width, height)
         memory = training_step_memory(resolved)
     except CfgError as error:
         raise invalid_field(["train", "width"], f"at {width}x{height}: {error}") from error
+    rows = resolved.layers
     total = sum(row.bflops for row in rows)
     if total > settings.max_bflops:
         raise invalid_field(
@@ -110,7 +110,43 @@ def check_job_spec(
     except JobSettingsError as error:
         raise invalid_field(list(error.loc), str(error)) from error
     _check_budgets(resolved, settings)
+    _check_start(session, tenant_id, body)
     return resolved
+
+
+def _check_start(session: Session, tenant_id: int, body: JobCreate) -> None:
+    """Invalid unless the job's start weights exist: the model's uploaded .weights, or a
+    checkpoint of a finished job of the tenant."""
+    start = body.init
+    if isinstance(start, ModelWeightsStart):
+        model = resolve_model(session, tenant_id, body.model)
+        if model.upload is None or model.upload.weights is None:
+            raise invalid_field(
+                ["init", "source"],
+                f"model {model.ref} has no weights; upload them (POST /v1/models/{{id}}/weights "
+                "for an uploaded cfg) or start from a job's checkpoint",
+            )
+    elif isinstance(start, CheckpointStart):
+        job = session.scalar(select(Job).where(Job.id == start.job_id, Job.tenant_id == tenant_id))
+        if job is None:
+            raise invalid_field(["init", "job_id"], f"no job {start.job_id}; see GET /v1/jobs")
+        if job.state not in TERMINAL_STATES:
+            raise invalid_field(
+                ["init", "job_id"],
+                f"job {job.id} is {job.state}; start from it once it has finished",
+            )
+        name = f"{start.checkpoint}.pt"
+        if (
+            session.scalar(
+                select(Checkpoint.id).where(Checkpoint.job_id == job.id, Checkpoint.name == name)
+            )
+            is None
+        ):
+            raise invalid_field(
+                ["init", "checkpoint"],
+                f"job {job.id} has no {start.checkpoint} checkpoint; see "
+                f"GET /v1/jobs/{job.id}/checkpoints",
+            )
 
 
 def add_job(session: Session, job: Job, resolved: ResolvedTraining, message: str) -> None:
@@ -170,10 +206,12 @@ def create_job(
         sent_at=utcnow(),  # its task is sent right after the row is committed
     )  # fmt: skip
     add_job(session, job, resolved, "submitted")
+    # Every field is set once the row is flushed (no server-side defaults), and the session
+    # keeps them past the commit: no SELECT to read the job back.
+    created = JobPublic.model_validate(job)
     session.commit()
     enqueue(celery, session, [job])
-    session.refresh(job)
-    return JobPublic.model_validate(job)
+    return created
 
 
 def list_jobs(

@@ -34,9 +34,16 @@ from api.core.model_refs import (
 )
 from api.core.settings import Settings
 from api.schemas.common import Page
-from api.schemas.models import LayerRowPublic, LayerTablePublic, ModelCreate, ModelPublic
+from api.schemas.models import (
+    LayerRowPublic,
+    LayerTablePublic,
+    ModelCreate,
+    ModelPublic,
+    ModelWeightsPublic,
+)
 from api.services.errors import Conflict, Invalid, NotFound
 from api.services.jobs import refuse_while_in_use
+from api.services.model_weights import remove_model_folder
 
 MAX_INPUT_SIDE = 4096
 
@@ -90,6 +97,7 @@ def _stored_public(row: ModelConfig) -> ModelPublic:
         name=row.name,
         source="uploaded",
         created_at=row.created_at,
+        weights=ModelWeightsPublic.model_validate(row.weights) if row.weights else None,
         **row.summary,
     )
 
@@ -219,10 +227,10 @@ def get_model(session: Session, tenant_id: int, ref: str) -> ModelPublic:
     return public
 
 
-def delete_model(session: Session, tenant_id: int, ref: str) -> None:
-    """Delete the tenant's uploaded cfg ``ref``. NotFound for no such cfg (or another
-    tenant's); Conflict for a bundled cfg, or while a queued or running job trains it.
-    Finished jobs keep their resolved cfg text."""
+def delete_model(session: Session, tenant_id: int, settings: Settings, ref: str) -> None:
+    """Delete the tenant's uploaded cfg ``ref`` and then its weights. NotFound for no such cfg
+    (or another tenant's); Conflict for a bundled cfg, or while a queued or running job trains
+    it. Finished jobs keep their resolved cfg text."""
     model = _find(session, tenant_id, ref)
     if model.upload is None:
         raise Conflict(f"{model.name} is a bundled cfg, part of the server; only uploaded cfgs "
@@ -231,6 +239,7 @@ def delete_model(session: Session, tenant_id: int, ref: str) -> None:
     refuse_while_in_use(session, tenant_id, "model", upload_id, f"model {upload_id}")
     session.execute(delete(ModelConfig).where(ModelConfig.id == upload_id))
     session.commit()
+    remove_model_folder(settings, upload_id)
 
 
 def layer_table(session: Session, tenant_id: int, ref: str, size: str | None) -> LayerTablePublic:

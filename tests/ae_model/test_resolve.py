@@ -100,3 +100,25 @@ def test_heads_are_retargeted_to_the_datasets_classes() -> None:
     assert {s.classes for s in r.cfg.sections if isinstance(s, YoloSection)} == {3}
     same = resolve_training(YOLOV3_TINY, TrainOptions(), train_images=1, num_classes=80)
     assert same.cfg is YOLOV3_TINY and same.retargeted_from_classes is None
+    # The retargeted cfg is parsed once per cfg and class count, not once per job.
+    again = resolve_training(YOLOV3_TINY, TrainOptions(), train_images=1, num_classes=3)
+    assert again.cfg is r.cfg
+
+
+def test_the_layer_table_at_the_training_size_comes_with_the_resolution() -> None:
+    r = resolve_training(YOLOV3_TINY, TrainOptions(width=320, height=256), train_images=1)
+    assert list(r.layers) == r.cfg.layer_table(320, 256)
+    assert "layers" not in r.as_dict()  # stored jobs keep their cfg's text, not its table
+
+
+def test_the_cfgs_recipe_is_resolved_once_for_the_api_and_the_trainer() -> None:
+    recipe = "adam=1\nB1=0.8\nema_alpha=0.999\npolicy=sgdr\nsgdr_mult=3\nlearning_rate_min=0\n"
+    text = YOLOV3_TINY.text.replace("policy=steps", "", 1).replace("[net]\n", f"[net]\n{recipe}")
+    r = resolve_training(parse_cfg(text), TrainOptions(max_batches=300), train_images=800)
+    assert (r.optimizer, r.adam_b1, r.adam_b2, r.adam_eps) == ("adam", 0.8, 0.999, 0.000001)
+    assert (r.ema_alpha, r.ema_start) == (0.999, 150)  # darknet starts at max_batches / 2
+    # Without sgdr_cycle, darknet's one cycle over the run.
+    assert (r.policy, r.sgdr_cycle, r.sgdr_mult, r.learning_rate_min) == ("sgdr", 300, 3, 0)
+    plain = resolve_training(YOLOV3_TINY, TrainOptions(), train_images=800)
+    assert (plain.optimizer, plain.ema_alpha, plain.learning_rate_min) == ("sgd", 0.0, 0.00001)
+    assert {"optimizer", "ema_alpha", "ema_start", "sgdr_cycle"} <= r.as_dict().keys()

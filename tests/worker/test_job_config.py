@@ -28,3 +28,14 @@ def test_the_cfg_text_travels_in_cfg_text_under_its_name(tmp_path: Path) -> None
     text = bundled_model("yolov3-tiny").text
     config = train_config(spec, ModelCfg(name="mine", text=text), tmp_path / "d", tmp_path)
     assert (config.cfg, config.cfg_text) == ("mine.cfg", text)
+
+
+def test_the_start_weights_reach_the_trainer_with_their_cutoff(tmp_path: Path) -> None:
+    spec = JobCreate.model_validate(
+        {"model": 7, "dataset_id": 1, "init": {"source": "model_weights"}}
+    )
+    model = bundled_model("yolov3-tiny")
+    start = (tmp_path / "models/7/start.weights", 29)
+    config = train_config(spec, model, tmp_path / "d", tmp_path, start)
+    assert (config.weights, config.weights_cutoff) == (str(start[0]), 29)
+    assert train_config(spec, model, tmp_path / "d", tmp_path).weights is None

@@ -65,6 +65,7 @@ class _FailsToBuild:
 
 class _FailsToTrain:
     iteration = 7
+    start = None  # no start weights
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.config = type("Config", (), {"resolved": {"max_batches": 10}})()

@@ -105,6 +105,10 @@ class ModelConfig(Base):
     # What a listing shows of the parsed cfg (api.services.models), stored at upload so a
     # listing parses nothing; null for rows uploaded before migration 0009 until first listed.
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Darknet .weights uploaded for this cfg (POST /v1/models/{id}/weights), which a job starts
+    # from with "init": {"source": "model_weights"}: ``path`` relative to the artifact root,
+    # ``cutoff``, ``size``, ``sha256``, ``layers`` and the header (api.services.model_weights).
+    weights: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
