@@ -102,14 +102,15 @@ def training_step_memory(resolved: ResolvedTraining) -> StepMemory:
     Raises ``CfgError`` when the layers do not fit together at the largest training size.
     """
     width, height = largest_training_size(resolved)
-    rows = resolved.cfg.layer_table(width, height)
+    same_size = (width, height) == (resolved.width, resolved.height)
+    rows = resolved.layers if same_size else resolved.cfg.layer_table(width, height)
     return StepMemory(
         micro_batch=resolved.micro_batch,
         batch=resolved.batch,
         subdivisions=resolved.subdivisions,
         width=width,
         height=height,
-        multiscale=(width, height) != (resolved.width, resolved.height),
+        multiscale=not same_size,
         activation_bytes=BYTES_PER_VALUE * resolved.micro_batch * saved_activations(rows),
         parameter_bytes=BYTES_PER_VALUE * PARAMETER_COPIES * parameter_count(rows),
     )

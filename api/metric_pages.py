@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import orjson
 from fastapi import HTTPException, status
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from api.cache import BodyCache, MemoryCache
@@ -134,25 +134,29 @@ def job_metrics_page(
     return body
 
 
+_LATEST_CHECKPOINT = (
+    select(func.coalesce(func.max(Checkpoint.iteration), -1))
+    .where(Checkpoint.job_id == Job.id)
+    .scalar_subquery()
+)
+# Built once: composing it took a tenth of a page built per request.
+_PROGRESS = select(
+    Job.state,
+    _LATEST_CHECKPOINT,
+    func.coalesce(Job.spec["train"]["nan_rollbacks"].as_integer(), 0) > 0,
+    Job.metrics_version,
+).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+
+
 def job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, int, bool, int]:
     """The tenant's job's state, the iteration of its latest recorded checkpoint (-1 before
     its first), whether it may roll back (``train.nan_rollbacks`` > 0) and its
     ``metrics_version``, in one query; 404 for a job that is not the tenant's (other
     tenants' jobs are private)."""
-    latest = (
-        select(func.coalesce(func.max(Checkpoint.iteration), -1))
-        .where(Checkpoint.job_id == Job.id)
-        .scalar_subquery()
-    )
-    rollbacks = func.coalesce(Job.spec["train"]["nan_rollbacks"].as_integer(), 0)
     row = None
     if 0 < job_id <= MAX_ROW_ID:
-        query = select(Job.state, latest, rollbacks > 0, Job.metrics_version)
-        row = (
-            session.connection()
-            .execute(query.where(Job.id == job_id, Job.tenant_id == tenant_id))
-            .first()
-        )
+        ids = {"job_id": job_id, "tenant_id": tenant_id}
+        row = session.connection().execute(_PROGRESS, ids).first()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return row[0], row[1], bool(row[2]), row[3]

@@ -13,8 +13,20 @@ Two measurements, each bounded in time and count:
 2. **Metric ingest.** What a worker's flush does: ``api.core.jobstore.insert_metrics`` in batches
    of ``--batch-rows`` rows, for ``--ingest-rows`` rows; prints rows per second.
 
+With ``--closed-loop``, instead: throughput per scenario. For each scenario (submit a job,
+read a running job's page that reaches its newest rows, read a finished job's 1,000-point
+page) and each ``--clients`` count, that many clients each send the next request as soon as
+the last is answered, for ``--warmup-s`` + ``--duration-s`` seconds; a line per run with
+requests/s, p50/p99, the answers that were not 2xx, requests without an answer, and CPU per
+request of the server, PostgreSQL and the clients. ``--compare-code DIR`` serves another
+source tree beside this one (the same database and broker) and alternates the runs between
+them, so both see the same load from whatever else shares the machine.
+
     python bench/bench_api_load.py --database postgresql+psycopg://postgres@127.0.0.1:5432/test
     python bench/bench_api_load.py            # SQLite, the embedded default
+    python bench/bench_api_load.py --closed-loop --clients 50 200 --api-workers 2 \
+        --database postgresql+psycopg://postgres@127.0.0.1:5432/test \
+        --broker redis://127.0.0.1:6379/8
 
 With a PostgreSQL URL the bench creates and drops a database of its own next to the one named.
 """
@@ -22,6 +34,7 @@ With a PostgreSQL URL the bench creates and drops a database of its own next to 
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import platform
@@ -35,11 +48,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
+import redis
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
@@ -82,15 +98,39 @@ def seed(
     """An API key, a ready dataset row and ``jobs`` jobs in ``state``, each with ``steps``
     steps of metrics, ``train.nan_rollbacks`` in its spec and, when ``checkpoint_at`` > 0, a
     checkpoint recorded at that step."""
+    key, tenant, dataset_id = seed_tenant(url, home, classes=0)
+    job_ids = seed_jobs(url, home, tenant, steps, state, checkpoint_at, jobs, nan_rollbacks)
+    return key, dataset_id, job_ids
+
+
+def seed_tenant(url: str, home: Path, classes: int) -> tuple[str, int, int]:
+    """An API key, its tenant's id and the id of a ready dataset row with ``classes`` classes
+    (0: none named, so a job keeps its cfg's)."""
     engine = make_engine(url)
-    sessions = make_session_factory(engine)
-    with sessions() as session:
+    with make_session_factory(engine)() as session:
         key = create_tenant_with_key(session, "bench").key
         tenant = session.scalars(select(Tenant.id)).one()
-        dataset = Dataset(tenant_id=tenant, name="bench", path=str(home), class_names=[])
+        names = [f"class{i}" for i in range(classes)]
+        dataset = Dataset(
+            tenant_id=tenant, name="bench", path=str(home), class_names=names, num_train=1000
+        )
+        session.add(dataset)
+        session.commit()
+        dataset_id = dataset.id
+    engine.dispose()
+    return key, tenant, dataset_id
+
+
+def seed_jobs(
+    url: str, home: Path, tenant: int, steps: int, state: str, checkpoint_at: int = 0,
+    jobs: int = 1, nan_rollbacks: int = 0,
+) -> list[int]:  # fmt: skip
+    """``jobs`` jobs of ``tenant`` in ``state`` (see :func:`seed`); their ids."""
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
         spec = {"train": {"nan_rollbacks": nan_rollbacks}}
         polled = [Job(tenant_id=tenant, spec=spec, state=state) for _ in range(jobs)]
-        session.add_all([dataset, *polled])
+        session.add_all(polled)
         session.commit()
         now = utcnow()
         rows = [
@@ -104,14 +144,14 @@ def seed(
                     session, job.id, "last.pt", iteration=checkpoint_at, metrics={}, size=0,
                     sha256="0" * 64, path=str(home / "last.pt"),
                 )  # fmt: skip
-        dataset_id, job_ids = dataset.id, [job.id for job in polled]
+        job_ids = [job.id for job in polled]
     if engine.dialect.name == "postgresql":
         # What autovacuum does within a minute of a bulk insert: without statistics the
         # planner takes the job for a few rows and sorts all of them for every page.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE metrics"))
     engine.dispose()
-    return key, dataset_id, job_ids
+    return job_ids
 
 
 def ingest(url: str, total_rows: int, batch_rows: int) -> float:
@@ -135,20 +175,33 @@ def ingest(url: str, total_rows: int, batch_rows: int) -> float:
 
 
 @contextmanager
-def server(url: str, home: Path, workers: int, live_page_s: float) -> Iterator[tuple[str, int]]:
+def server(
+    url: str, home: Path, workers: int, live_page_s: float, broker: str | None = None,
+    code: Path | None = None,
+) -> Iterator[tuple[str, int]]:  # fmt: skip
+    """``aetrain serve`` with ``workers`` processes on ``url``, the ``broker`` URL (None: the
+    embedded file-system broker, no worker), run from the source tree ``code`` (None: this
+    one): its base URL and process id."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AETRAIN_")}
     env.update(AETRAIN_HOME=str(home), DATABASE_URL=url, AETRAIN_MAX_ACTIVE_JOBS="1000000",
                AETRAIN_LIVE_PAGE_S=str(live_page_s))  # fmt: skip
-    log = (home / "serve.log").open("wb")
+    if broker is not None:
+        env["CELERY_BROKER_URL"] = broker
+    log = (home / f"serve-{port}.log").open("wb")
+    # `python -m` puts the working directory first on sys.path: that tree's api is served.
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--no-embedded-worker",
          "--workers", str(workers)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=code,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(base, proc, home / "serve.log", 60)
+        try:
+            wait_until_serving(base, proc, Path(log.name), 60)
+        except RuntimeError:  # the log goes with the temporary home: show it now
+            sys.stderr.write(Path(log.name).read_text(errors="replace")[-3000:])
+            raise
         yield base, proc.pid
     finally:
         proc.terminate()
@@ -282,7 +335,7 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[q - 1]
         if len(values) > 1
@@ -290,11 +343,195 @@ def percentile(values: list[float], q: float) -> float:
     )
 
 
+class Tally(NamedTuple):
+    """What one closed-loop run got: latencies (s) of the answered requests, answers by
+    status, and requests without an answer (within the client's timeout) by what happened."""
+
+    latencies: list[float]
+    statuses: Counter[int]
+    no_answer: Counter[str]
+
+
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+
+def http_request(method: str, path: str, key: str, body: dict[str, Any] | None = None) -> bytes:
+    """A whole HTTP/1.1 request, written once and sent again by every client."""
+    payload = json.dumps(body).encode() if body is not None else b""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {key}"]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+async def _exchange(
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
+) -> int:
+    """Send ``request`` and read its answer (uvicorn gives every body a Content-Length): the
+    status."""
+    reader, writer = connection
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = CONTENT_LENGTH.search(head)
+    await reader.readexactly(int(length.group(1)) if length else 0)
+    return int(head[9:12])
+
+
+async def closed_loop(
+    base: str, request: bytes, clients: int, warmup_s: float, duration_s: float, timeout_s: float
+) -> Tally:
+    """``clients`` clients, each on a keep-alive connection of its own, sending ``request``
+    again as soon as the last answer is read, for ``warmup_s`` (not counted) and then
+    ``duration_s`` seconds. Raw asyncio streams, not httpx: at thousands of requests per
+    second httpx's own CPU time would take the cores the server is measured on."""
+    host, port = base.removeprefix("http://").split(":")
+    tally = Tally([], Counter(), Counter())
+    measured_from = time.monotonic() + warmup_s
+    end = measured_from + duration_s
+
+    async def client() -> None:
+        connection = None
+        while time.monotonic() < end:
+            started = time.monotonic()
+            try:
+                if connection is None:
+                    connection = await asyncio.wait_for(
+                        asyncio.open_connection(host, int(port)), timeout_s
+                    )
+                status = await asyncio.wait_for(_exchange(connection, request), timeout_s)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as error:
+                if connection is not None:  # the answer may still come: a new connection
+                    connection[1].close()
+                connection = None
+                if started >= measured_from:
+                    tally.no_answer[type(error).__name__] += 1
+                continue
+            if started >= measured_from:
+                tally.latencies.append(time.monotonic() - started)
+                tally.statuses[status] += 1
+        if connection is not None:
+            connection[1].close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return tally
+
+
+def closed_loop_bench(args: argparse.Namespace) -> None:
+    """Each scenario at each client count, against this tree's server and, with
+    ``--compare-code``, the other tree's in turn; a line per run."""
+    trees = {"this tree": None} | ({args.compare_code: Path(args.compare_code)}
+                                  if args.compare_code else {})  # fmt: skip
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
+        home = Path(tmp)
+        key, tenant, dataset_id = seed_tenant(url, home, args.classes)
+        (running,) = seed_jobs(url, home, tenant, args.running_steps, "running")
+        (finished,) = seed_jobs(url, home, tenant, args.steps, "succeeded")
+        body = {"model": args.model, "dataset_id": dataset_id, "queue": queue}
+        requests = {
+            "submit": http_request("POST", "/v1/jobs", key, body),
+            "running page": http_request("GET", f"/v1/jobs/{running}/metrics", key),
+            "finished page": http_request("GET", f"/v1/jobs/{finished}/metrics", key),
+        }
+        print(f"\nclosed loop ({make_url(url).get_backend_name()}, broker {args.broker}, "
+              f"{args.api_workers} API process(es) per server): submit = POST /v1/jobs "
+              f"{args.model} on a {args.classes}-class dataset; running page = the first page "
+              f"of a running job of {args.running_steps} steps x {len(METRIC_KEYS)} keys (it "
+              f"reaches the newest rows); finished page = a 1,000-point page of a succeeded job "
+              f"of {args.steps} steps; each run {args.warmup_s:g} s warm-up, then "
+              f"{args.duration_s:g} s measured; client timeout {args.timeout_s:g} s")  # fmt: skip
+        print(f"{'scenario':<14} {'code':<12} {'clients':>7} {'per s':>7} {'p50 ms':>7} "
+              f"{'p99 ms':>7} {'non-2xx':>7} {'no ans':>6} {'API ms':>6} {'PG ms':>6} "
+              f"{'cli ms':>6} {'load':>5}", flush=True)  # fmt: skip
+        try:
+            with contextlib.ExitStack() as stack:
+                servers = {
+                    label: stack.enter_context(
+                        server(url, home, args.api_workers, 0.0, args.broker, code)
+                    )
+                    for label, code in trees.items()
+                }
+                for scenario, request in requests.items():
+                    if scenario not in args.scenarios:
+                        continue
+                    for clients in args.clients:
+                        for label, (base, pid) in servers.items():
+                            _closed_loop_run(scenario, label, base, pid, request, clients, args)
+        finally:
+            _drop_queue(args.broker, queue)
+
+
+def _closed_loop_run(
+    scenario: str, label: str, base: str, pid: int, request: bytes, clients: int,
+    args: argparse.Namespace,
+) -> None:  # fmt: skip
+    """One run, printed as a line: requests/s, p50/p99, answers that were not 2xx (by status
+    when there are any), and the CPU per answered request of the server, PostgreSQL and the
+    clients."""
+    cpu = _own_cpu(), _process_tree_cpu(pid), _postgres_cpu()
+    tally = asyncio.run(
+        closed_loop(base, request, clients, args.warmup_s, args.duration_s, args.timeout_s)
+    )
+    own, api, pg = _own_cpu() - cpu[0], _process_tree_cpu(pid) - cpu[1], _postgres_cpu() - cpu[2]
+    answered = max(1, len(tally.latencies))
+    ms = [1000 * v for v in tally.latencies] or [math.nan]
+    bad = {status: n for status, n in tally.statuses.items() if not 200 <= status < 300}
+    per_answer = [f"{1000 * seconds / answered:6.2f}" for seconds in (api, pg, own)]
+    print(f"{scenario:<14} {label[-12:]:<12} {clients:>7} {answered / args.duration_s:>7.0f} "
+          f"{percentile(ms, 50):>7.1f} {percentile(ms, 99):>7.1f} {sum(bad.values()):>7} "
+          f"{tally.no_answer.total():>6} {' '.join(per_answer)} {os.getloadavg()[0]:>5.2f}"
+          + (f"  statuses {dict(sorted(bad.items()))}" if bad else "")
+          + (f"  no answer {dict(tally.no_answer)}" if tally.no_answer else ""),
+          flush=True)  # fmt: skip
+
+
+def _drop_queue(broker: str | None, queue: str) -> None:
+    """Remove the messages the bench sent (its queue and kombu's binding of it) from Redis."""
+    if broker is None or not broker.startswith("redis"):
+        return
+    client = redis.Redis.from_url(broker)
+    keys = list(client.scan_iter(match=f"*{queue}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database", help="PostgreSQL URL (default: SQLite)")
-    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[200],
+        help="clients; with --closed-loop several counts, each run in turn",
+    )  # fmt: skip
     parser.add_argument("--api-workers", type=int, default=1, help="aetrain serve --workers")
+    parser.add_argument(
+        "--closed-loop", action="store_true",
+        help="instead of polling: each client sends its next request as soon as it has the "
+        "answer, per scenario (--scenarios) and client count",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scenarios", nargs="+", default=["submit", "running page", "finished page"],
+        choices=["submit", "running page", "finished page"], help="with --closed-loop",
+    )  # fmt: skip
+    parser.add_argument(
+        "--broker", help="the server's CELERY_BROKER_URL, e.g. redis://127.0.0.1:6379/8 "
+        "(default: the embedded file-system broker); the bench removes the messages it sent",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare-code", metavar="DIR",
+        help="with --closed-loop, also serve the source tree DIR (e.g. `git archive HEAD | "
+        "tar -x -C DIR`) and alternate runs between it and this tree",
+    )  # fmt: skip
+    parser.add_argument("--model", default="yolov3-tiny-small", help="submitted jobs' model")
+    parser.add_argument(
+        "--classes", type=int, default=3,
+        help="with --closed-loop, the dataset's classes: heads are retargeted to them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--running-steps", type=int, default=100,
+        help="with --closed-loop, the running job's steps: under 143 its first page reaches "
+        "its newest rows, read for every request",
+    )  # fmt: skip
     parser.add_argument("--poll-s", type=float, default=1.0, help="each client's polling period")
     parser.add_argument("--submitters", type=int, default=2)
     parser.add_argument("--submit-every-s", type=float, default=0.5)
@@ -332,9 +569,20 @@ def main() -> None:
         "reaches the newest rows, which the API builds for every request",
     )  # fmt: skip
     args = parser.parse_args()
+    if not args.closed_loop and len(args.clients) > 1:
+        parser.error("polling takes one --clients count; several need --closed-loop")
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    if args.closed_loop:
+        closed_loop_bench(args)
+    else:
+        args.clients = args.clients[0]
+        poll_bench(args)
+
+
+def poll_bench(args: argparse.Namespace) -> None:
+    """Clients polling a metrics page while others submit, then the figures (module doc)."""
     with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
         home = Path(tmp)
         kind = make_url(url).get_backend_name()
@@ -345,7 +593,7 @@ def main() -> None:
         rate = ingest(url, args.ingest_rows, args.batch_rows)
         print(f"\ningest ({kind}): {args.ingest_rows:,} rows in batches of {args.batch_rows:,}: "
               f"{rate:,.0f} rows/s")  # fmt: skip
-        with server(url, home, args.api_workers, args.live_page_s) as (base, pid):
+        with server(url, home, args.api_workers, args.live_page_s, args.broker) as (base, pid):
             clients_cpu, server_cpu, db_cpu = _own_cpu(), _process_tree_cpu(pid), _postgres_cpu()
             start = time.monotonic()
             latencies, failures = asyncio.run(load(base, key, job_ids, dataset_id, args))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 from ae_model.cfg.lexer import CfgError
@@ -14,13 +15,19 @@ BUNDLED_CFG_DIR = Path(__file__).parent / "bundled"
 
 def list_bundled_cfgs() -> list[str]:
     """Names of the cfgs shipped in ``ae_model/cfg/bundled`` (e.g. ``"yolov3-tiny"``), sorted."""
-    return sorted(p.stem for p in BUNDLED_CFG_DIR.glob("*.cfg"))
+    return list(_bundled_names())
+
+
+@cache
+def _bundled_names() -> tuple[str, ...]:
+    # Shipped with the code, so listed once per process: the API looks a name up per submission.
+    return tuple(sorted(p.stem for p in BUNDLED_CFG_DIR.glob("*.cfg")))
 
 
 def bundled_cfg_path(name: str) -> Path:
     """Path of a bundled cfg by name, with or without ``.cfg``; ``CfgError`` if there is none."""
     stem = name.removesuffix(".cfg")
-    if stem not in list_bundled_cfgs():
+    if stem not in _bundled_names():
         raise CfgError(f"no bundled cfg named {name!r}; bundled: {', '.join(list_bundled_cfgs())}")
     return BUNDLED_CFG_DIR / f"{stem}.cfg"
 

@@ -3,7 +3,10 @@ tenant's uploaded cfgs by its id (``12``). The one resolver of references, for t
 ``model``, ``GET /v1/models/{ref}``) and the worker (the cfg a job trains). Torch-free.
 """
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,6 +26,8 @@ class ModelCfg:
     name: str
     text: str
     upload: ModelConfig | None = None
+    parsed: DarknetConfig | None = field(default=None, repr=False, compare=False)
+    """The cfg parsed already (a bundled cfg's); None: parsed by :meth:`parse`."""
 
     @property
     def ref(self) -> str:
@@ -37,7 +42,7 @@ class ModelCfg:
     def parse(self) -> DarknetConfig:
         """The parsed cfg; ``CfgError`` if its text does not parse (a stored cfg that an
         older, more lenient version of the parser accepted)."""
-        return parse_cfg(self.text, self.source)
+        return self.parsed if self.parsed is not None else parse_cfg(self.text, self.source)
 
 
 def model_ref(ref: str | int) -> str | int:
@@ -70,7 +75,17 @@ def bundled_model(name: str) -> ModelCfg:
         path = bundled_cfg_path(name)
     except CfgError as error:
         raise ModelNotFoundError(str(error)) from None
-    return ModelCfg(name=path.stem, text=path.read_text(encoding="utf-8-sig"))
+    return _bundled(path)
+
+
+@cache
+def _bundled(path: Path) -> ModelCfg:
+    """Read and parsed once per process: bundled cfgs ship with the code, and a submission
+    naming one would otherwise read and parse it again (ModelCfg and the parsed cfg are
+    frozen, so every request may share them)."""
+    text = path.read_text(encoding="utf-8-sig")
+    model = ModelCfg(name=path.stem, text=text)
+    return dataclasses.replace(model, parsed=parse_cfg(text, model.source))
 
 
 def uploaded_model(upload: ModelConfig) -> ModelCfg:

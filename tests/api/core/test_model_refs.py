@@ -3,10 +3,10 @@
 import pytest
 from sqlalchemy import select
 
-from ae_model.cfg import bundled_cfg_path, list_bundled_cfgs
+from ae_model.cfg import bundled_cfg_path, list_bundled_cfgs, parse_cfg
 from api.core.db import Tenant, make_engine, make_session_factory
 from api.core.db.models import ModelConfig
-from api.core.model_refs import ModelNotFoundError, resolve_model
+from api.core.model_refs import ModelNotFoundError, bundled_model, resolve_model
 from api.migrate import upgrade
 
 CFG = bundled_cfg_path("yolov3-tiny-small").read_text()
@@ -50,3 +50,9 @@ def test_references_resolve_for_their_tenant_only(database_url: str) -> None:
                     resolve_model(session, tenant, missing)
     finally:
         engine.dispose()
+
+
+def test_a_bundled_cfg_is_read_and_parsed_once_per_process() -> None:
+    first, again = bundled_model("yolov3-tiny"), bundled_model("yolov3-tiny.cfg")
+    assert again is first and first.parse() is again.parse()
+    assert first.parse() == parse_cfg(first.text, first.source)
