@@ -2,10 +2,9 @@
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
-from tqdm import tqdm
-
+from ae_model.progress import Progress
 from ae_model.train import Hook, NonFiniteLossError, Trainer
 
 # Columns of results.csv: the iteration, the mean training losses since the last evaluation,
@@ -15,29 +14,32 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "latency_ms")
 
 
 class ProgressBar(Hook):
-    """A tqdm bar over iterations showing loss, AE alpha, learning rate and images/s."""
+    """A bar over iterations showing loss, AE alpha, learning rate and images/s
+    (``ae_model.progress``: fits the terminal, a line per 10% when written to a file)."""
 
-    def __init__(self, description: str = "train", disable: bool | None = None) -> None:
+    def __init__(
+        self, description: str = "train", disable: bool = False, file: TextIO | None = None
+    ) -> None:
         self.description = description
         self.disable = disable
-        self.bar: tqdm[Any] | None = None
+        self.file = file
+        self.bar: Progress | None = None
 
     def before_train(self, trainer: Trainer) -> None:
-        total = trainer.resolved.max_batches
-        self.bar = tqdm(
-            total=total, initial=trainer.iteration, desc=self.description, unit="it",
-            disable=self.disable, dynamic_ncols=True,
+        self.bar = Progress(
+            trainer.resolved.max_batches, self.description, initial=trainer.iteration,
+            file=self.file, disable=self.disable,
         )  # fmt: skip
 
     def after_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.bar is None:
             return
-        self.bar.set_postfix(
-            loss=f"{metrics['loss']:.3f}", alpha=f"{metrics['ae_alpha']:.2f}",
-            lr=f"{metrics['lr']:.2g}", img_s=f"{metrics['images_per_s']:.0f}",
-            data=f"{metrics['data_wait']:.0%}", size=int(metrics["input_size"]), refresh=False,
-        )  # fmt: skip
-        self.bar.update(1)
+        numbers = [f"loss={metrics['loss']:.3g}"]  # most important first: the end may be cut
+        if trainer.ae_modules():
+            numbers.append(f"ae={metrics['ae_alpha']:.2f}")
+        numbers += [f"lr={metrics['lr']:.0e}", f"img/s={metrics['images_per_s']:.0f}",
+                    f"data={metrics['data_wait']:.0%}"]  # fmt: skip
+        self.bar.update(trainer.iteration, numbers=" ".join(numbers))
 
     def after_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.bar is not None:
@@ -48,8 +50,7 @@ class ProgressBar(Hook):
     def after_rollback(self, trainer: Trainer, error: NonFiniteLossError) -> None:
         if self.bar is not None:
             self.bar.write(f"{error}; back to iteration {trainer.iteration}, lower learning rate")
-            self.bar.n = trainer.iteration
-            self.bar.refresh()
+            self.bar.update(trainer.iteration, numbers=self.bar.numbers)
 
     def after_train(self, trainer: Trainer) -> None:
         if self.bar is not None:

@@ -9,10 +9,14 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 
 import anyio
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ae_model import __version__
@@ -91,7 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "`Authorization: Bearer <API key>`; every resource belongs to the key's tenant."
         ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    _add_offline_docs(app)
     app.add_exception_handler(ServiceError, service_error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.add_exception_handler(OperationalError, database_unavailable_response)
@@ -104,3 +111,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(comparisons.router)
     app.include_router(usage.router)
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts, styles and icon served by this
+    app from the fastapi-offline package: FastAPI's own pages load them from a CDN, and are
+    blank without the internet."""
+    assets = resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    title, openapi_url = f"{app.title} {app.version}", app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url, title=title,
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )  # fmt: skip
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url, title=title,
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False,
+        )  # fmt: skip

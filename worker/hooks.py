@@ -214,7 +214,9 @@ class CheckpointExport(Hook):
         weights = path.with_suffix(".weights")
         # Written beside, then renamed over: a reader never sees half a file.
         partial = weights.with_suffix(".weights.tmp")
-        save_darknet_weights(trainer.model, partial)
+        # The moving average, if any; seen as darknet counts it: the images this run trained on.
+        images = trainer.iteration * trainer.resolved.batch
+        save_darknet_weights(trainer.eval_model, partial, seen=images)
         partial.replace(weights)
         evals = [m for m in trainer.evaluations if m["iteration"] <= trainer.iteration]
         metrics = {k: v for k, v in evals[-1].items() if "/" not in k} if evals else {}

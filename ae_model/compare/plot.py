@@ -12,14 +12,19 @@ import numpy as np
 
 from ae_model.compare.summary import ComparisonSummary
 
+SMOOTH_FRACTION = 0.05  # of a loss curve's points, the window of its rolling mean
+
 
 def plot_comparison(
     summary: ComparisonSummary,
     curves: Mapping[str, Sequence[Mapping[str, Sequence[float]]]] | None,
     path_or_file: str | os.PathLike[str] | BinaryIO,
+    setting: str | None = None,
 ) -> None:
     """Writes a PNG: the headline metric per seed per arm (lines join a seed across arms), the
-    paired differences per metric with CIs, and with ``curves`` the learning curves per arm.
+    paired differences per metric with CIs, and with ``curves`` the learning curves per arm,
+    under a title naming the arms and ``setting`` (what was trained on what, e.g.
+    ``"yolov3-tiny-small on quickstart digits"``).
 
     ``curves[arm]`` holds one dict per seed with ``iteration`` and ``loss`` lists and
     optionally ``val_iteration`` and ``val_AP``. Missing seeds, arms or curves are skipped.
@@ -37,12 +42,20 @@ def plot_comparison(
     )
     fig = Figure(figsize=(13, 9.5 if has_curves else 5), layout="constrained")
     FigureCanvasAgg(fig)
+    fig.suptitle(_title(summary, setting), fontsize="large")
     axes = fig.subplots(2 if has_curves else 1, 2, squeeze=False)
     _plot_per_seed(axes[0][0], summary)
     _plot_differences(axes[0][1], summary)
     if curves is not None and has_curves:
         _plot_curves(axes[1][0], axes[1][1], summary, curves)
     fig.savefig(path_or_file, format="png", dpi=100)
+
+
+def _title(summary: ComparisonSummary, setting: str | None) -> str:
+    seeds = {s for m in summary.per_metric.values() for a in m.arms.values() for s in a.per_seed}
+    arms = " vs ".join(summary.arms)
+    counted = f"{arms}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} with results"
+    return f"{setting}: {counted}" if setting else counted
 
 
 def _arm_colour(summary: ComparisonSummary, arm: str) -> str:
@@ -133,17 +146,25 @@ def _plot_curves(
             if not runs:
                 continue
             for x, y in runs:
-                ax.plot(x, y, color=colour, linewidth=0.5, alpha=0.35)
+                ax.plot(x, y, color=colour, linewidth=0.5, alpha=0.2)
             grid, mean = _mean_curve(runs)
-            marker = "o" if key == "val" else None
-            ax.plot(grid, mean, color=colour, linewidth=1.8, marker=marker, label=arm)
-            plotted[key] = True
-            if key == "loss":
+            if key == "val":
+                ax.plot(grid, mean, color=colour, linewidth=1.8, marker="o", label=arm)
+            else:  # a step's loss is noisy: the mean over seeds faint, smoothed over it
+                ax.plot(grid, mean, color=colour, linewidth=0.8, alpha=0.4)
+                # Above every arm's faint lines, so each smoothed curve stays visible.
+                ax.plot(grid, _rolling_mean(mean), color=colour, linewidth=2, label=arm, zorder=3)
                 positive = positive and bool(np.all(mean > 0))
-    if plotted["loss"] and positive:
+            plotted[key] = True
+    log_scale = plotted["loss"] and positive
+    if log_scale:
         ax_loss.set_yscale("log")
     ax_loss.set_xlabel("iteration")
-    ax_loss.set_title("training loss: mean over seeds (thin: each seed)")
+    ax_loss.set_ylabel("training loss per image" + (" (log scale)" if log_scale else ""))
+    ax_loss.set_title(
+        f"training loss: mean over seeds, smoothed over {SMOOTH_FRACTION:.0%} of the run "
+        "(faint: raw mean and each seed)", fontsize="medium",
+    )  # fmt: skip
     if plotted["loss"]:
         ax_loss.legend(fontsize="small")
     ax_val.set_xlabel("iteration")
@@ -165,6 +186,14 @@ def _series(run: Mapping[str, Sequence[float]], x_key: str, y_key: str) -> tuple
     keep = np.isfinite(x) & np.isfinite(y)
     order = np.argsort(x[keep], kind="stable")
     return x[keep][order], y[keep][order]
+
+
+def _rolling_mean(y: Any) -> Any:
+    """``y`` averaged over a centred window of ``SMOOTH_FRACTION`` of its points (the ends
+    repeat the first and last value, so the curve keeps its length and does not lag)."""
+    window = max(1, round(len(y) * SMOOTH_FRACTION))
+    padded = np.pad(y, (window // 2, window - 1 - window // 2), mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
 def _mean_curve(runs: list[tuple[Any, Any]]) -> tuple[Any, Any]:

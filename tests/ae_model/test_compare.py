@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from scipy import stats
@@ -23,6 +24,7 @@ from ae_model.compare import (
     plot_comparison,
     summarize,
 )
+from ae_model.compare.plot import _rolling_mean, _title
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -320,3 +322,15 @@ def test_import_needs_no_torch_scipy_or_matplotlib() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_plot_title_names_setting_and_arms_and_the_loss_curve_is_smoothed() -> None:
+    summary = _full_summary()
+    title = _title(summary, "yolov3-tiny-small on quickstart digits")
+    assert title.startswith("yolov3-tiny-small on quickstart digits: ")
+    assert all(arm in title for arm in summary.arms), title
+    noise = np.random.default_rng(0).normal(0, 1, 1000)
+    smooth = _rolling_mean(2.0 + noise)
+    assert smooth.shape == noise.shape  # no lag, no lost ends
+    assert np.std(smooth - 2.0) < np.std(noise) / 3
+    np.testing.assert_allclose(_rolling_mean(np.full(50, 3.0)), 3.0)

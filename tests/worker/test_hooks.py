@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ae_model.cfg import bundled_cfg_path
 from ae_model.darknet import Darknet
 from ae_model.train import Hook, NonFiniteLossError, Trainer
+from ae_model.weights import WeightsHeader
 from api.core import jobstore as jobs
 from api.core.db import Tenant, make_engine, make_session_factory
 from api.core.db.models import Checkpoint, Job, JobEvent, JobState, Metric
@@ -25,6 +26,7 @@ from worker import hooks as worker_hooks
 from worker.hooks import CheckpointExport, JobControl, JobLostError, MetricsWriter
 
 WORKER = "host:1"
+BATCH = 6  # images per iteration of the fake trainer's run
 
 
 @pytest.fixture
@@ -174,7 +176,10 @@ def _export(
     hook = CheckpointExport(sessions, job_id, artifacts)
 
     def export() -> tuple[Path, Path]:
-        hook.after_checkpoint(_trainer(iteration=10, model=model), checkpoint)
+        trainer = _trainer(
+            iteration=10, model=model, eval_model=model, resolved=SimpleNamespace(batch=BATCH)
+        )
+        hook.after_checkpoint(trainer, checkpoint)
         return checkpoint, out / "last.weights"
 
     return export
@@ -196,6 +201,9 @@ def test_checkpoints_are_recorded_relative_to_the_artifact_root(
         )
         assert row.iteration == 10
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.pt", "last.weights"]
+    # darknet's header counts the images trained on: 10 iterations of BATCH images.
+    header = WeightsHeader.from_bytes(weights.read_bytes()[: WeightsHeader().nbytes])
+    assert header.seen == 10 * BATCH
 
 
 def test_weights_are_replaced_whole_or_not_at_all(
@@ -208,7 +216,7 @@ def test_weights_are_replaced_whole_or_not_at_all(
     _, weights = export()
     before = weights.read_bytes()
 
-    def crash_midway(model: Any, path: Path) -> None:
+    def crash_midway(model: Any, path: Path, **header: Any) -> None:
         Path(path).write_bytes(before[:100])
         raise OSError("disk full")
 
