@@ -149,7 +149,15 @@ def _outputs(output: str) -> dict[int, str]:
 
 def _quickstart(out: str, cwd: Path, home: Path) -> None:
     # The README: the paired comparison with 95% CIs and p-values, plot and numbers written.
-    for words in ("AP50", "95% CI", "paired t-test p", "vs baseline", "seed noise"):
+    for words in (
+        "AP50",
+        "95% CI",
+        "paired t-test p",
+        "vs baseline",
+        "seed noise",
+        "per seed, AP / AP50",
+        "quickstart took",
+    ):
         assert words in out, f"the quickstart did not print {words!r}"
     written = {p.suffix for p in (cwd / "aetrain-quickstart").glob("comparison-*")}
     assert {".png", ".json"} <= written, written

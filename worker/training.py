@@ -9,15 +9,17 @@ import multiprocessing
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.cfg import CfgError
 from ae_model.train import NonFiniteLossError, Trainer
 from api.core import jobstore as jobs
-from api.core.db.models import Dataset, Job, JobState
-from api.core.job_spec import JobCreate
+from api.core.db.models import Checkpoint, Dataset, Job, JobState
+from api.core.job_spec import CheckpointStart, JobCreate, ModelWeightsStart
 from api.core.model_refs import ModelCfg, resolve_model
 from api.core.settings import Settings
 from worker.hooks import CheckpointExport, JobControl, JobLostError, MetricsWriter
@@ -67,6 +69,8 @@ def run_job(job_id: int, sessions: sessionmaker[Session], settings: Settings, wo
 
     A duplicate delivery (the job is not queued) returns at once without training.
     """
+    if settings.worker_threads:  # the worker's share of the cores (AETRAIN_WORKER_THREADS)
+        torch.set_num_threads(settings.worker_threads)
     with sessions() as session:
         if not jobs.claim_job(session, job_id, worker):
             log.warning("job %s is not queued; duplicate delivery ignored", job_id)
@@ -75,11 +79,19 @@ def run_job(job_id: int, sessions: sessionmaker[Session], settings: Settings, wo
         _train_claimed(job_id, sessions, settings, worker)
 
 
-def _job_inputs(
-    sessions: sessionmaker[Session], job_id: int
-) -> tuple[JobCreate, ModelCfg, Dataset]:
-    """The job's spec, the cfg of its model and its dataset; ``LookupError`` saying which
-    reference names nothing any more."""
+@dataclass(frozen=True)
+class JobInputs:
+    """What a job names, found: its spec, its model's cfg, its dataset and its start weights
+    (a path relative to the artifact root, with the cutoff)."""
+
+    spec: JobCreate
+    model: ModelCfg
+    dataset: Dataset
+    start: tuple[str, int | None] | None
+
+
+def _job_inputs(sessions: sessionmaker[Session], job_id: int) -> JobInputs:
+    """The job's inputs; ``LookupError`` saying which reference names nothing any more."""
     with sessions() as session:
         job = session.get_one(Job, job_id)
         spec = JobCreate.model_validate(job.spec)
@@ -88,7 +100,35 @@ def _job_inputs(
         )
         if dataset is None:
             raise LookupError(f"no dataset {spec.dataset_id}; see GET /v1/datasets")
-        return spec, resolve_model(session, job.tenant_id, spec.model), dataset
+        model = resolve_model(session, job.tenant_id, spec.model)
+        return JobInputs(spec, model, dataset, _start(session, job.tenant_id, spec, model))
+
+
+def _start(
+    session: Session, tenant_id: int, spec: JobCreate, model: ModelCfg
+) -> tuple[str, int | None] | None:
+    """The start weights ``spec.init`` names, relative to the artifact root, and their cutoff;
+    ``LookupError`` when they are gone."""
+    start = spec.init
+    if isinstance(start, ModelWeightsStart):
+        weights = model.upload.weights if model.upload is not None else None
+        if weights is None:
+            raise LookupError(f"the weights of model {model.ref}")
+        return weights["path"], weights["cutoff"]
+    if isinstance(start, CheckpointStart):
+        path = session.scalar(
+            select(Checkpoint.path)
+            .join(Job, Job.id == Checkpoint.job_id)
+            .where(
+                Job.id == start.job_id,
+                Job.tenant_id == tenant_id,
+                Checkpoint.name == f"{start.checkpoint}.pt",
+            )
+        )
+        if path is None:
+            raise LookupError(f"the {start.checkpoint} checkpoint of job {start.job_id}")
+        return path, None
+    return None
 
 
 def failure_reason(error: BaseException) -> str:
@@ -102,7 +142,8 @@ def _prepare(
     """The Trainer of the claimed job, its resolved settings stored. Raises what stops it
     from being built: the user errors that say what to change (a missing model or dataset,
     a cfg or settings the Trainer refuses), and anything else (an unknown CUDA device)."""
-    spec, model, dataset = _job_inputs(sessions, job_id)
+    inputs = _job_inputs(sessions, job_id)
+    spec, root = inputs.spec, settings.artifacts_dir
     if spec.train.workers:
         _allow_loader_processes()
     # Both under the artifact root; a dataset's row holds its path relative to that root.
@@ -115,13 +156,17 @@ def _prepare(
         MetricsWriter(sessions, job_id),
         CheckpointExport(sessions, job_id, settings.artifacts_dir),
     ]
+    start = (root / inputs.start[0], inputs.start[1]) if inputs.start is not None else None
+    resuming = resume.is_file()
     trainer = Trainer(
-        train_config(spec, model, settings.artifacts_dir / dataset.path, out),
+        train_config(spec, inputs.model, root / inputs.dataset.path, out, start),
         hooks=hooks,
-        resume=resume if resume.is_file() else None,
+        resume=resume if resuming else None,
     )
     resolved = trainer.config.resolved
     with sessions() as session:
+        if trainer.start is not None and not resuming:  # a resume's weights are its own
+            jobs.add_event(session, job_id, JobState.running, f"note: {trainer.start.describe()}")
         jobs.save_resolved(session, job_id, resolved, trainer.resolved.max_batches)
     return trainer
 
@@ -141,7 +186,7 @@ def _train_claimed(
     try:
         trainer = _prepare(job_id, sessions, settings, worker)
     except LookupError as error:  # ModelNotFoundError among them
-        fail(f"the job's model or dataset no longer exists: {error}")
+        fail(f"the job's model, dataset or start weights no longer exist: {error}")
         return
     except (CfgError, ValueError, FileNotFoundError) as error:
         fail(str(error))

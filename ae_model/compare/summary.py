@@ -348,8 +348,40 @@ def format_table(summary: ComparisonSummary) -> str:
         if head.mean_arm_std is not None:
             spread += f", ±{_points(head.mean_arm_std, decimals=2)} averaged over arms"
         lines.append(f"seed noise ({summary.headline} std over seeds): {spread}")
+    lines.extend(_per_seed_table(summary))
     lines.extend(_left_out_notes(summary))
     return "\n".join(lines)
+
+
+def _per_seed_table(summary: ComparisonSummary) -> list[str]:
+    """Each seed's headline metric (and AP50 where there is one) per arm, x100, and each arm's
+    difference to the reference for that seed: the values the means and CIs come from."""
+    metrics = [summary.headline, *(["AP50"] if summary.headline != "AP50" else [])]
+    metrics = [m for m in metrics if m in summary.per_metric]
+    others = [a for a in summary.arms if a != summary.reference]
+    seeds = sorted({s for m in metrics for a in summary.per_metric[m].arms.values()
+                    for s in a.per_seed})  # fmt: skip
+    if not seeds:
+        return []
+
+    def cell(values: list[float | None], signed: bool = False) -> str:
+        return " / ".join("n/a" if v is None else _points(v, signed) for v in values)
+
+    rows = [["seed", *summary.arms, *(f"{a} - {summary.reference}" for a in others)]]
+    for seed in seeds:
+        row = [str(seed)]
+        for arm in summary.arms:
+            row.append(cell([summary.per_metric[m].arms[arm].per_seed.get(seed) for m in metrics]))
+        for arm in others:
+            diffs = [summary.per_metric[m].differences[arm].per_seed.get(seed) for m in metrics]
+            row.append(cell(diffs, signed=True))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "",
+        f"per seed, {' / '.join(metrics)} (x100):",
+        *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows),
+    ]
 
 
 def _left_out_notes(summary: ComparisonSummary) -> list[str]:

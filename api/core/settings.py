@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     # task for, lost its message (Redis restarted without persistence): the reaper sends it
     # again. A copy sent anyway is harmless: the claim trains a job once.
     requeue_queued_after_s: float = Field(default=300.0, gt=0)
+    # Torch threads of each job a worker trains; unset: torch's default (every core). A worker
+    # started by `aetrain worker --concurrency N` or `aetrain serve` gets cores / N, so jobs
+    # side by side do not oversubscribe the cores (two 2-thread jobs on 2 cores ran ~10x slower).
+    worker_threads: int | None = Field(default=None, gt=0)
+    # Jobs the worker of `aetrain serve` (embedded broker) trains at once. Small networks use a
+    # second thread poorly, so on CPU two 1-thread jobs train about twice as many images per
+    # second as one 2-thread job (docs/training.md); set 1 on a one-GPU machine.
+    embedded_jobs: int = Field(default=2, gt=0)
     # Per tenant, jobs queued or running at once: one tenant cannot fill every worker's queue.
     max_active_jobs: int = Field(default=100, gt=0)
     # Per image, at the size it trains at: a budget against cfgs no worker could train

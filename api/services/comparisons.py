@@ -12,8 +12,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.compare import ArmResult, format_table, plot_comparison, summarize
 from ae_model.resolve import ResolvedTraining
-from api.core.db.models import MAX_ROW_ID, Comparison, Job, JobState, Metric, utcnow
+from api.core.db.models import (
+    MAX_ROW_ID,
+    Comparison,
+    Dataset,
+    Job,
+    JobState,
+    Metric,
+    ModelConfig,
+    utcnow,
+)
 from api.core.job_spec import ComparisonCreate, JobCreate
+from api.core.model_refs import model_ref
 from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.comparisons import ComparisonJob, ComparisonPublic
@@ -225,6 +235,27 @@ def plot_png(sessions: sessionmaker[Session], tenant_id: int, comparison_id: int
         jobs = _jobs(session, row.id)
         summary = summarize(_arm_results(spec, jobs), reference=spec.reference_arm)
         curves = _curves(session, jobs)
+        setting = _setting(session, tenant_id, spec)
     buffer = io.BytesIO()
-    plot_comparison(summary, curves, buffer)
+    plot_comparison(summary, curves, buffer, setting=setting)
     return buffer.getvalue()
+
+
+def _setting(session: Session, tenant_id: int, spec: ComparisonCreate) -> str:
+    """What the comparison trained on what, for its plot: ``"yolov3-tiny on digits (id 3)"``.
+    Names deleted since are given by their reference."""
+    ref = model_ref(spec.base.model)
+    model = ref
+    if isinstance(ref, int):
+        upload = session.scalar(
+            select(ModelConfig.name).where(
+                ModelConfig.id == ref, ModelConfig.tenant_id == tenant_id
+            )
+        )
+        model = upload or f"model {ref}"
+    dataset = session.scalar(
+        select(Dataset.name).where(
+            Dataset.id == spec.base.dataset_id, Dataset.tenant_id == tenant_id
+        )
+    )
+    return f"{model} on {dataset or 'dataset'} (dataset {spec.base.dataset_id})"

@@ -334,3 +334,18 @@ def test_plot_title_names_setting_and_arms_and_the_loss_curve_is_smoothed() -> N
     assert smooth.shape == noise.shape  # no lag, no lost ends
     assert np.std(smooth - 2.0) < np.std(noise) / 3
     np.testing.assert_allclose(_rolling_mean(np.full(50, 3.0)), 3.0)
+
+
+def test_format_table_prints_every_seeds_values_and_paired_differences() -> None:
+    summary = summarize(
+        [arm("baseline", {0: 0.30, 1: 0.25}, AP50={0: 0.61, 1: 0.55}),
+         arm("AE", {0: 0.32, 1: 0.24}, AP50={0: 0.60, 1: 0.58})],
+        "baseline",
+    )  # fmt: skip
+    lines = format_table(summary).splitlines()
+    start = lines.index("per seed, AP / AP50 (x100):")
+    assert lines[start + 1].split() == ["seed", "baseline", "AE", "AE", "-", "baseline"]
+    assert lines[start + 2].split() == ["0", "30.0", "/", "61.0", "32.0", "/", "60.0",
+                                        "+2.0", "/", "-1.0"]  # fmt: skip
+    assert lines[start + 3].split() == ["1", "25.0", "/", "55.0", "24.0", "/", "58.0",
+                                        "-1.0", "/", "+3.0"]  # fmt: skip

@@ -56,6 +56,13 @@ def test_serve_embedded_migrates_creates_a_key_and_runs_a_worker(tmp_path: Path)
         ).stdout.split()
         assert children, "no embedded worker process"
         assert {proc.pid, *map(int, children)} <= set(_processes_with_home(home))
+        # It trains two jobs at once (AETRAIN_EMBEDDED_JOBS), sharing the cores between them.
+        worker = Path(f"/proc/{children[0]}")
+        assert b"--concurrency=2" in (worker / "cmdline").read_bytes().split(b"\0")
+        threads = max(1, len(os.sched_getaffinity(0)) // 2)
+        assert f"AETRAIN_WORKER_THREADS={threads}".encode() in (
+            (worker / "environ").read_bytes().split(b"\0")
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -94,6 +101,7 @@ def test_quickstart_runs_a_comparison_end_to_end_on_the_embedded_default(tmp_pat
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 arms x 2 seeds = 4 jobs" in done.stdout
+    assert "quickstart took" in done.stdout and "minutes" in done.stdout
     # The verdict names both arms and the paired difference's confidence interval.
     assert "ae-stride16" in done.stdout and "95% CI" in done.stdout, done.stdout
     (state_file,) = out.glob("comparison-*.json")
