@@ -7,15 +7,20 @@ defined in ``docs/comparisons.md``.
 """
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from ae_model.compare import stats as cs
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 NO_RESULT = "no result (job failed or not finished)"
+
+_WIDTH = 100  # longest line of format_table's prose (verdicts and notes are wrapped)
 
 
 @dataclass
@@ -65,6 +70,23 @@ class PairedDifference:
     p_value: float | None
     """Two-sided paired t-test; None when n < 2. Identical differences: 1.0 if all are 0, else
     0.0 (the t statistic is 0/0 or d/0 there)."""
+    p_holm: float | None
+    """``p_value`` Holm-adjusted across the non-reference arms of the same metric."""
+    detectable: float | None
+    """Minimum detectable effect: the smallest true difference the paired t-test over these
+    ``n`` pairs, with spread ``std``, finds with 80% power at the confidence level."""
+    pairs_needed: int | None
+    """Pairs with which the t-test finds the summary's ``target_effect`` with 80% power, were
+    the spread ``std``; None without a target."""
+    bootstrap_ci: tuple[float, float] | None
+    """Percentile bootstrap interval of the mean over seed pairs (seeded)."""
+    p_improvement: float | None
+    """Share of pairs where the arm beats the reference (ties count half)."""
+    p_improvement_ci: tuple[float, float] | None
+    """Wilson score interval of ``p_improvement``."""
+    wilcoxon_p: float | None
+    """Two-sided Wilcoxon signed-rank p (1.0 when every difference is 0). All but ``p_value``'s
+    Holm adjustment are None when n < 2."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,8 @@ class ComparisonSummary:
     per_metric: dict[str, MetricSummary]
     verdicts: dict[str, str]
     """Keyed by non-reference arm: the headline metric's difference in words."""
+    target_effect: float | None
+    """The difference ``pairs_needed`` is computed for, if one was asked for."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (no NaN or inf: missing numbers are None; seeds as string keys)."""
@@ -100,6 +124,8 @@ class ComparisonSummary:
             "arms": list(self.arms),
             "headline": self.headline,
             "confidence": self.confidence,
+            "power": cs.POWER,
+            "target_effect": self.target_effect,
             "metrics": {
                 name: {
                     "arms": {arm: _arm_dict(s) for arm, s in m.arms.items()},
@@ -118,11 +144,14 @@ def summarize(
     reference: str,
     metrics: Sequence[str] = METRICS,
     confidence: float = 0.95,
+    target_effect: float | None = None,
 ) -> ComparisonSummary:
     """Per-arm statistics, paired differences to ``reference`` and verdicts.
 
     ``metrics[0]`` is the headline metric the verdicts speak of. Arms are paired by seed: a
-    seed counts for a metric only where both arms have a valid value for it.
+    seed counts for a metric only where both arms have a valid value for it. With
+    ``target_effect`` (a fraction: 0.01 = 1 AP point), each difference also says how many
+    pairs would detect a difference that large.
     """
     names = [arm.name for arm in arms]
     if len(names) < 2:
@@ -135,15 +164,22 @@ def summarize(
         raise ValueError(f"metrics must be a non-empty list without repeats, got {list(metrics)}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    if target_effect is not None and not 0 < target_effect <= 1:
+        raise ValueError(
+            f"target_effect is a metric difference as a fraction (0.01 = 1 AP point), "
+            f"got {target_effect}"
+        )
 
     per_metric: dict[str, MetricSummary] = {}
     for metric in metrics:
         stats = {arm.name: _arm_stats(arm, metric) for arm in arms}
-        differences = {
-            name: _paired_difference(stats[name], stats[reference], confidence)
-            for name in names
-            if name != reference
-        }
+        differences = _holm(
+            {
+                name: _paired_difference(stats[name], stats[reference], confidence, target_effect)
+                for name in names
+                if name != reference
+            }
+        )
         stds = [s.std for s in stats.values() if s.std is not None]
         per_metric[metric] = MetricSummary(
             metric=metric,
@@ -154,7 +190,9 @@ def summarize(
         )
     headline = per_metric[metrics[0]]
     verdicts = {
-        arm: _verdict(diff, headline.seed_noise, confidence)
+        arm: " ".join(
+            (_verdict(diff, headline.seed_noise, confidence), _power_words(diff, target_effect))
+        )
         for arm, diff in headline.differences.items()
     }
     return ComparisonSummary(
@@ -164,6 +202,7 @@ def summarize(
         confidence=confidence,
         per_metric=per_metric,
         verdicts=verdicts,
+        target_effect=target_effect,
     )
 
 
@@ -203,8 +242,11 @@ def _arm_stats(arm: ArmResult, metric: str) -> ArmStats:
     )
 
 
-def _paired_difference(stats: ArmStats, ref: ArmStats, confidence: float) -> PairedDifference:
-    """``stats.arm - ref.arm`` over the seeds where both have a valid value."""
+def _paired_difference(
+    stats: ArmStats, ref: ArmStats, confidence: float, target_effect: float | None
+) -> PairedDifference:
+    """``stats.arm - ref.arm`` over the seeds where both have a valid value; ``p_holm`` is
+    the unadjusted p until :func:`_holm` adjusts it."""
     from scipy import stats as st  # scipy.stats takes about a second to import
 
     seeds = sorted(set(stats.per_seed) & set(ref.per_seed))
@@ -244,7 +286,34 @@ def _paired_difference(stats: ArmStats, ref: ArmStats, confidence: float) -> Pai
         std=std,
         ci=ci,
         p_value=p_value,
+        p_holm=p_value,
+        **_more_statistics(d, std, confidence, target_effect),
     )
+
+
+def _more_statistics(
+    d: np.ndarray, std: float | None, confidence: float, target_effect: float | None
+) -> dict[str, Any]:
+    """The power figures and the intervals beside the t-interval; None when ``len(d) < 2``."""
+    if len(d) < 2:
+        return dict.fromkeys(
+            ("detectable", "pairs_needed", "bootstrap_ci", "p_improvement", "p_improvement_ci",
+             "wilcoxon_p"),
+        )  # fmt: skip
+    share, share_ci = cs.probability_of_improvement(d, confidence)
+    return {
+        "detectable": cs.detectable_effect(std, len(d), confidence),
+        "pairs_needed": cs.pairs_needed(std, target_effect, confidence),
+        "bootstrap_ci": cs.bootstrap_ci(d, confidence),
+        "p_improvement": share,
+        "p_improvement_ci": share_ci,
+        "wilcoxon_p": cs.wilcoxon_p(d),
+    }
+
+
+def _holm(differences: dict[str, PairedDifference]) -> dict[str, PairedDifference]:
+    adjusted = cs.holm({arm: d.p_value for arm, d in differences.items()})
+    return {arm: replace(d, p_holm=adjusted[arm]) for arm, d in differences.items()}
 
 
 def _points(value: float, signed: bool = False, decimals: int = 1) -> str:
@@ -258,6 +327,10 @@ def _format_p(p: float | None) -> str:
     if p < 0.001:
         return "p<0.001"
     return f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+
+
+def _arms(n: int) -> str:
+    return "the one arm" if n == 1 else f"the {n} arms"
 
 
 def _seeds(n: int) -> str:
@@ -306,6 +379,22 @@ def _verdict(diff: PairedDifference, seed_noise: float | None, confidence: float
     )
 
 
+def _power_words(diff: PairedDifference, target_effect: float | None) -> str:
+    """What the comparison could have detected, and how many pairs a target would need."""
+    if diff.detectable is None:
+        return "Power and the detectable effect cannot be computed with fewer than 2 pairs."
+    if diff.std == 0:
+        return "With no spread in the paired differences, any nonzero difference is detected."
+    m, power = diff.metric, f"{cs.POWER * 100:g}%"
+    said = (
+        f"At {power} power these {_seeds(diff.n)} could not have detected less than "
+        f"{_points(diff.detectable)} {m}"
+    )
+    if target_effect is not None and diff.pairs_needed is not None:
+        said += f"; about {diff.pairs_needed} pairs would detect {_points(target_effect)} {m}"
+    return said + "."
+
+
 def format_table(summary: ComparisonSummary) -> str:
     """Plain text: per metric each arm's mean ± std (n) and each arm's paired difference to
     the reference with CI and p (all x100), then the verdicts and the seeds left out."""
@@ -334,13 +423,15 @@ def format_table(summary: ComparisonSummary) -> str:
                 cell += f" [{low}, {high}] {_format_p(d.p_value)}"
             row.append(f"{cell} (n={d.n})")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
-        f"points (x100): mean ± std over seeds (n); difference = arm - {ref} paired by seed, "
-        f"{level}, paired t-test p",
-        *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows),
+        *_wrap(
+            f"points (x100): mean ± std over seeds (n); difference = arm - {ref} paired by "
+            f"seed, {level}, paired t-test p (Holm-adjusted across arms below)"
+        ),
+        *_aligned(rows),
+        *_more_statistics_table(summary),
         "",
-        *summary.verdicts.values(),
+        *(line for v in summary.verdicts.values() for line in _wrap(v, indent="  ")),
     ]
     head = summary.per_metric[summary.headline]
     if head.seed_noise is not None:
@@ -351,6 +442,49 @@ def format_table(summary: ComparisonSummary) -> str:
     lines.extend(_per_seed_table(summary))
     lines.extend(_left_out_notes(summary))
     return "\n".join(lines)
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    return textwrap.wrap(text, _WIDTH, subsequent_indent=indent, break_on_hyphens=False)
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _more_statistics_table(summary: ComparisonSummary) -> list[str]:
+    """Per non-reference arm, the headline difference's other intervals, tests and power."""
+    ref, head, c = summary.reference, summary.headline, summary.confidence
+    level = f"{c * 100:g}%"
+    target = summary.target_effect
+    header = ["arm", f"bootstrap {level} CI", f"P(arm > {ref}) [{level}]", "Wilcoxon",
+              "Holm t p", "detectable"]  # fmt: skip
+    if target is not None:
+        header.append(f"pairs for {_points(target)}")
+    rows = [header]
+    for arm, d in summary.per_metric[head].differences.items():
+        if d.bootstrap_ci is None or d.p_improvement_ci is None or d.p_improvement is None:
+            rows.append([arm, *("n/a" for _ in header[1:])])
+            continue
+        rows.append([
+            arm,
+            "[{}, {}]".format(*(_points(v, True, 2) for v in d.bootstrap_ci)),
+            "{:.2f} [{:.2f}, {:.2f}]".format(d.p_improvement, *d.p_improvement_ci),
+            _format_p(d.wilcoxon_p), _format_p(d.p_holm), _points(d.detectable or 0.0, decimals=2),
+            *([str(d.pairs_needed)] if target is not None else []),
+        ])  # fmt: skip
+    # The smallest two-sided signed-rank p over n nonzero pairs is 2 / 2^n.
+    wilcoxon_n = math.ceil(math.log2(2 / (1 - c)))
+    note = (
+        f"{head}, arm - {ref} (x100): bootstrap = percentile over seed pairs "
+        f"({cs.BOOTSTRAP_RESAMPLES} resamples, seed {cs.BOOTSTRAP_SEED}); P(arm > {ref}) = "
+        f"share of pairs (ties half), Wilson interval; Wilcoxon signed-rank p (below "
+        f"{1 - c:g} only from {wilcoxon_n} nonzero pairs); Holm t p = paired t-test p "
+        f"Holm-adjusted across {_arms(len(rows) - 1)}; detectable = smallest difference "
+        f"found with {cs.POWER * 100:g}% power (noncentral t)"
+    )
+    return ["", *_wrap(note), *_aligned(rows)]
 
 
 def _per_seed_table(summary: ComparisonSummary) -> list[str]:
@@ -376,12 +510,7 @@ def _per_seed_table(summary: ComparisonSummary) -> list[str]:
             diffs = [summary.per_metric[m].differences[arm].per_seed.get(seed) for m in metrics]
             row.append(cell(diffs, signed=True))
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [
-        "",
-        f"per seed, {' / '.join(metrics)} (x100):",
-        *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows),
-    ]
+    return ["", f"per seed, {' / '.join(metrics)} (x100):", *_aligned(rows)]
 
 
 def _left_out_notes(summary: ComparisonSummary) -> list[str]:
@@ -435,6 +564,17 @@ def _diff_dict(d: PairedDifference) -> dict[str, Any]:
         "n": d.n,
         "mean": _finite(d.mean),
         "std": _finite(d.std),
-        "ci": None if d.ci is None else [_finite(d.ci[0]), _finite(d.ci[1])],
+        "ci": _pair(d.ci),
         "p_value": _finite(d.p_value),
+        "p_holm": _finite(d.p_holm),
+        "detectable": _finite(d.detectable),
+        "pairs_needed": d.pairs_needed,
+        "bootstrap_ci": _pair(d.bootstrap_ci),
+        "p_improvement": _finite(d.p_improvement),
+        "p_improvement_ci": _pair(d.p_improvement_ci),
+        "wilcoxon_p": _finite(d.wilcoxon_p),
     }
+
+
+def _pair(interval: tuple[float, float] | None) -> list[float | None] | None:
+    return None if interval is None else [_finite(interval[0]), _finite(interval[1])]

@@ -72,10 +72,44 @@ def test_paired_difference_by_hand() -> None:
     assert summary.per_metric["AP"].mean_arm_std == pytest.approx(0.01866025, abs=1e-7)
 
     verdict = summary.verdicts["AE"]
+    assert d.detectable is not None  # its value is checked by simulation in test_compare_stats
     assert verdict == (
         "AE vs baseline: no difference detectable with 3 seeds: mean +2.0 AP, "
-        "95% CI [-0.5, +4.5] includes 0, p=0.07; seed noise is ±2.0 AP."
+        "95% CI [-0.5, +4.5] includes 0, p=0.07; seed noise is ±2.0 AP. At 80% power these "
+        f"3 seeds could not have detected less than {d.detectable * 100:.1f} AP."
     )
+
+
+def test_other_intervals_by_hand() -> None:
+    # Differences 1, 2, 3 points. Bootstrap: a resample's mean is 1 point only when all three
+    # draws are the 1, P = 1/27 = 3.7% > 2.5%, and likewise 3 points: the percentile interval
+    # is [1, 3] points. All three pairs improve: P(improvement) = 1, Wilson lower bound
+    # n / (n + z^2) = 3 / (3 + 1.959964^2) = 0.438503. Wilcoxon, exact: all 3 signed ranks
+    # positive has probability 1/8, two-sided p = 0.25. One arm: Holm leaves p as it is.
+    summary = summarize(
+        [arm("baseline", REF), arm("AE", {0: 0.31, 1: 0.28, 2: 0.31})], reference="baseline"
+    )
+    d = summary.per_metric["AP"].differences["AE"]
+    assert d.bootstrap_ci == pytest.approx((0.01, 0.03))
+    assert d.p_improvement == 1.0
+    assert d.p_improvement_ci == pytest.approx((0.438503, 1.0), abs=1e-6)
+    assert d.wilcoxon_p == pytest.approx(0.25)
+    assert d.p_holm == d.p_value
+    assert d.pairs_needed is None  # no target_effect asked for
+
+
+def test_holm_adjusts_the_headline_p_across_arms() -> None:
+    # Same differences 1, 2, 3 points (t-test p = 0.07418) for "a"; "b" is the clear
+    # 1.0-1.2-point gain (p = 0.0027435) on the same reference. Holm, two arms: the smaller p
+    # doubles (0.005487), the larger is max(0.005487, 1 x 0.07418) = 0.07418.
+    b = {s: v + GAINS[s] for s, v in REF.items()}
+    summary = summarize(
+        [arm("baseline", REF), arm("a", {0: 0.31, 1: 0.28, 2: 0.31}), arm("b", b)], "baseline"
+    )
+    diffs = summary.per_metric["AP"].differences
+    assert diffs["b"].p_holm == pytest.approx(2 * 0.0027435, abs=2e-6)
+    assert diffs["a"].p_holm == pytest.approx(0.0741799, abs=1e-6)
+    assert "Holm-adjusted across the 2 arms" in " ".join(format_table(summary).split())
 
 
 def test_identical_arms_are_no_difference_with_p_1() -> None:
@@ -115,9 +149,9 @@ def test_clear_gain_excludes_zero_and_is_called_a_gain() -> None:
     assert d.ci == pytest.approx((0.0085159, 0.0134841), abs=1e-7)
     assert d.p_value == pytest.approx(0.0027435, abs=1e-6)
     assert d.ci is not None and d.ci[0] > 0
-    assert summary.verdicts["AE (stride 16)"] == (
+    assert summary.verdicts["AE (stride 16)"].startswith(
         "AE (stride 16) vs baseline: +1.1 AP, 95% CI [+0.9, +1.3], p=0.003 over 3 seeds: "
-        "a gain larger than seed noise (±0.2 AP)."
+        "a gain larger than seed noise (±0.2 AP). At 80% power"
     )
 
 
@@ -130,8 +164,9 @@ def test_clear_loss_and_a_gain_within_seed_noise() -> None:
     # Same 1.1-point gain over a reference whose std is 2 points: real, but within noise.
     better = {s: v + GAINS[s] for s, v in REF.items()}
     summary = summarize([arm("baseline", REF), arm("AE", better)], "baseline")
-    assert summary.verdicts["AE"].endswith(
+    assert (
         "a gain within seed noise (±2.0 AP) but consistent across the paired seeds."
+        in summary.verdicts["AE"]
     )
 
 
@@ -202,6 +237,10 @@ def test_single_seed_cannot_tell() -> None:
         "AE vs baseline: cannot tell with 1 paired seed: run at least 2 (better 5) seeds per arm"
     )
     assert "gain" not in verdict and "loss" not in verdict
+    assert verdict.endswith(
+        "Power and the detectable effect cannot be computed with fewer than 2 pairs."
+    )
+    assert d.detectable is None and d.bootstrap_ci is None and d.wilcoxon_p is None
 
 
 def test_to_dict_is_strict_json() -> None:
@@ -224,6 +263,10 @@ def test_to_dict_is_strict_json() -> None:
     assert data["metrics"]["AP"]["differences"]["empty"]["mean"] is None
     assert data["metrics"]["AP"]["differences"]["lonely"]["ci"] is None
     assert set(data["verdicts"]) == {"AE", "lonely", "empty"}
+    assert data["target_effect"] is None and data["power"] == 0.8
+    assert ae["bootstrap_ci"] == pytest.approx([0.01, 0.03]) and ae["wilcoxon_p"] == 0.25
+    assert ae["p_improvement"] == 1.0 and ae["pairs_needed"] is None
+    assert data["metrics"]["AP"]["differences"]["lonely"]["detectable"] is None
 
 
 def _full_summary() -> ComparisonSummary:
@@ -242,8 +285,21 @@ def test_format_table_lists_every_arm_metric_and_verdict() -> None:
     # AP row: baseline 30.20 ± 0.20 points; AE +1.10 [+0.85, +1.35].
     ap_row = next(line for line in table.splitlines() if line.startswith("AP "))
     assert "30.20 ± 0.20 (n=3)" in ap_row and "+1.10 [+0.85, +1.35] p=0.003 (n=3)" in ap_row
+    words = " ".join(table.split())
     for verdict in summary.verdicts.values():
-        assert verdict in table
+        assert verdict in words
+    assert "AE (stride 16) [+1.00, +1.20] 1.00 [0.44, 1.00] p=0.25 p=0.005" in words
+
+
+def test_format_table_prose_fits_100_columns_and_states_the_target() -> None:
+    ae = {s: v + GAINS[s] for s, v in REF.items()}
+    summary = summarize([arm("baseline", REF), arm("AE", ae)], "baseline", target_effect=0.01)
+    d = summary.per_metric["AP"].differences["AE"]
+    assert d.pairs_needed is not None and d.detectable is not None
+    table = format_table(summary)
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert "pairs would detect 1.0 AP" in summary.verdicts["AE"]
+    assert f"about {d.pairs_needed} pairs would detect 1.0 AP" in " ".join(table.split())
 
 
 def _assert_png(data: bytes) -> None:
@@ -296,6 +352,8 @@ def test_bad_input_is_rejected_with_a_reason() -> None:
         summarize([a, arm("a", REF)], "a")
     with pytest.raises(ValueError, match="confidence"):
         summarize([a, b], "a", confidence=95)
+    with pytest.raises(ValueError, match=r"0\.01 = 1 AP point"):
+        summarize([a, b], "a", target_effect=1.5)
     with pytest.raises(ValueError, match="4 iteration values but 3 loss values"):
         plot_comparison(
             summarize([a, b], "a"), {"a": [{"iteration": [0, 1, 2, 3], "loss": [1, 2, 3]}]},
