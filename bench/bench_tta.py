@@ -39,8 +39,8 @@ ULTRALYTICS = {"yolov8n": "yolov8n.yaml", "yolov3-tinyu": "yolov3-tinyu.yaml"}
 DEFAULT_ULTRA_PYTHON = Path.home() / ".cache/aetrain-bench/ultra/bin/python"
 # aetrain's recommended setup for small data (docs/training.md); --aetrain-cfg/--aetrain-train
 # try others.
-DEFAULT_CFG = "yolov3-tiny"
-DEFAULT_TRAIN: dict[str, Any] = {"batch": 16, "subdivisions": 1, "learning_rate": 0.001}
+DEFAULT_CFG = "yolov3-tiny-small-tuned"
+DEFAULT_TRAIN: dict[str, Any] = {"batch": 8, "subdivisions": 1, "multiscale": False}
 
 
 def main() -> None:

@@ -26,7 +26,11 @@ def test_checkpoints_download_from_a_store_mounted_elsewhere(
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"the checkpoint")
     model = Darknet(bundled_cfg_path("yolov3-tiny-small"))
-    trainer = SimpleNamespace(model=model, iteration=10, evaluations=[])
+    # What CheckpointExport reads: the network it exports and the images trained so far.
+    trainer = SimpleNamespace(
+        model=model, eval_model=model, iteration=10, evaluations=[],
+        resolved=SimpleNamespace(batch=8),
+    )  # fmt: skip
     engine = make_engine(settings.resolved_database_url())
     try:
         export = CheckpointExport(make_session_factory(engine), job_id, worker_root)
