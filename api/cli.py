@@ -302,7 +302,7 @@ QUICKSTART_DATA = {"kind": "shapes", "train": 240, "val": 60, "size": 128, "seed
                    "min_scale": 0.12, "max_scale": 0.35, "max_objects": 4}  # fmt: skip
 # The learning rate, burn-in and schedule come from the tuned cfg; a rollback (at a tenth of
 # the rate) saves a seed whose loss blows up at that high rate instead of failing it.
-QUICKSTART_TRAIN = {"max_batches": 1200, "batch": 8, "subdivisions": 1, "width": 128,
+QUICKSTART_TRAIN = {"max_batches": 1000, "batch": 8, "subdivisions": 1, "width": 128,
                     "height": 128, "multiscale": False, "eval_interval": 300,
                     "checkpoint_interval": 300, "workers": 1, "nan_rollbacks": 2}  # fmt: skip
 
