@@ -134,7 +134,9 @@ def _worker_command(queues: str, concurrency: int) -> list[str]:
 def _worker_env(concurrency: int) -> dict[str, str]:
     """The environment of a worker running ``concurrency`` jobs at once: unless set already,
     AETRAIN_WORKER_THREADS shares the cores among them."""
-    cores = len(os.sched_getaffinity(0))
+    # The cores this process may run on (Linux); elsewhere all of them.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
     return {"AETRAIN_WORKER_THREADS": str(max(1, cores // concurrency)), **os.environ}
 
 
