@@ -264,9 +264,9 @@ def run_aetrain(args: argparse.Namespace) -> list[dict[str, float]]:
     from ae_model.train import Hook, Trainer
 
     torch.set_num_threads(args.threads)
-    options = json.loads(args.aetrain_train)
-    batch = options.get("batch", args.batch)
-    per_epoch = math.ceil(len(open_dataset(args.data, "train")) / batch)
+    # Without a batch of its own, aetrain trains at --batch, as the epochs below are counted.
+    options = {"batch": args.batch, **json.loads(args.aetrain_train)}
+    per_epoch = math.ceil(len(open_dataset(args.data, "train")) / options["batch"])
 
     class CpuClock(Hook):
         """Training CPU seconds: every step's, none of the evaluations'."""
