@@ -7,6 +7,7 @@ CLI starts fast; a command that needs torch imports it inside the command.
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -73,18 +74,35 @@ datasets_app = typer.Typer(help="Generated datasets (no download needed).", no_a
 app.add_typer(datasets_app, name="datasets")
 
 
+# The options of a generated dataset, shared with `aetrain datasets generate` on a server
+# (api.client_cli), which takes the same ones.
+Kind = Annotated[str, typer.Argument(help="digits (handwritten digits) or shapes.")]
+Train = Annotated[int, typer.Option(min=1, help="Training images.")]
+Val = Annotated[int, typer.Option(min=1, help="Validation images.")]
+Test = Annotated[
+    int, typer.Option(min=0, help="Test images (0: no test split; docs/comparisons.md).")
+]
+Size = Annotated[int, typer.Option(min=32, help="Image side in pixels.")]
+Seed = Annotated[int, typer.Option(help="Same seed, same files.")]
+MinObjects = Annotated[int, typer.Option(min=0)]
+MaxObjects = Annotated[int, typer.Option(min=1)]
+MinScale = Annotated[float, typer.Option(help="Smallest object side / image side.")]
+MaxScale = Annotated[float, typer.Option(help="Largest object side / image side.")]
+
+
 @datasets_app.command("generate")
 def datasets_generate(
-    kind: Annotated[str, typer.Argument(help="digits (handwritten digits) or shapes.")],
+    kind: Kind,
     out: Annotated[Path, typer.Option(help="Folder to write (COCO layout).")],
-    train: Annotated[int, typer.Option(min=1, help="Training images.")] = 500,
-    val: Annotated[int, typer.Option(min=1, help="Validation images.")] = 100,
-    size: Annotated[int, typer.Option(min=32, help="Image side in pixels.")] = 256,
-    seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 0,
-    min_objects: Annotated[int, typer.Option(min=0)] = 1,
-    max_objects: Annotated[int, typer.Option(min=1)] = 6,
-    min_scale: Annotated[float, typer.Option(help="Smallest object side / image side.")] = 0.05,
-    max_scale: Annotated[float, typer.Option(help="Largest object side / image side.")] = 0.3,
+    train: Train = 500,
+    val: Val = 100,
+    size: Size = 256,
+    seed: Seed = 0,
+    min_objects: MinObjects = 1,
+    max_objects: MaxObjects = 6,
+    min_scale: MinScale = 0.05,
+    max_scale: MaxScale = 0.3,
+    test: Test = 0,  # last: api.client_cli passes the others by position
 ) -> None:
     """Write a deterministic detection dataset: images plus COCO annotations."""
     from tqdm import tqdm
@@ -93,11 +111,11 @@ def datasets_generate(
 
     if kind not in ("digits", "shapes"):
         raise typer.BadParameter(f"{kind!r}: choose digits or shapes", param_hint="KIND")
-    with tqdm(total=train + val, desc=f"generate {kind}", unit="img") as bar:
+    with tqdm(total=train + val + test, desc=f"generate {kind}", unit="img") as bar:
         try:
             info = generate_dataset(
-                kind, out, train=train, val=val, size=size, seed=seed,  # type: ignore[arg-type]
-                min_objects=min_objects, max_objects=max_objects, min_scale=min_scale,
+                kind, out, train=train, val=val, test=test, size=size,  # type: ignore[arg-type]
+                seed=seed, min_objects=min_objects, max_objects=max_objects, min_scale=min_scale,
                 max_scale=max_scale, progress=bar.update,
             )  # fmt: skip
         except ValueError as error:
@@ -199,6 +217,7 @@ def train(
     checkpoint_interval: Annotated[
         int, typer.Option(help=_help("checkpoint_interval"))
     ] = _TRAIN.checkpoint_interval,
+    keep: Annotated[int, typer.Option(help=_help("keep"))] = _TRAIN.keep,
     val_limit: Annotated[int | None, typer.Option(help=_help("val_limit"))] = _TRAIN.val_limit,
     nan_rollbacks: Annotated[int, typer.Option(help=_help("nan_rollbacks"))] = _TRAIN.nan_rollbacks,
     nan_lr_factor: Annotated[
@@ -235,7 +254,7 @@ def train(
             steps=_numbers(steps, int, "--steps"), scales=_numbers(scales, float, "--scales"),
             width=width, height=height, multiscale=multiscale, augment=augment, device=device,
             amp=amp, compile=compile, workers=workers, eval_interval=eval_interval,
-            checkpoint_interval=checkpoint_interval, val_limit=val_limit,
+            checkpoint_interval=checkpoint_interval, keep=keep, val_limit=val_limit,
             nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor, world_size=world_size,
             weights=None if weights is None else str(weights), weights_cutoff=weights_cutoff,
             ae=_ae_config(ae_layers, ae_stride, ae_schedule, ae_iterations, ae_alpha_max,
@@ -260,3 +279,56 @@ def train(
         raise typer.Exit(code=1) from error
     typer.echo(format_metrics_table(metrics))
     typer.echo(f"checkpoints, results.csv and results.png in {out}")
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    weights = "weights"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="An aetrain checkpoint (last.pt, best.pt).")],
+    format: Annotated[
+        ExportFormat, typer.Option(help="onnx (for ONNX Runtime, TensorRT ...) or darknet weights.")
+    ] = ExportFormat.onnx,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File to write; default CHECKPOINT.FORMAT.")
+    ] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(help="ONNX input W or WxH (multiples of 32); default the training size."),
+    ] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset; default 18.")] = None,
+) -> None:
+    """Write a checkpoint's network (its moving average, if the run kept one) as ONNX (eval
+    mode: decoded boxes, no AE, dynamic batch) or as darknet .weights."""
+    from ae_model.export import (
+        INPUT_NAME,
+        ONNX_OPSET,
+        OUTPUT_LAYOUT,
+        OUTPUT_NAME,
+        export_checkpoint_onnx,
+        load_trained_network,
+    )
+    from ae_model.weights import save_darknet_weights
+
+    target = out or checkpoint.with_suffix(f".{format.value}")
+    try:
+        if format is ExportFormat.onnx:
+            dims = parse_size(size) if size else None
+            trained = export_checkpoint_onnx(checkpoint, target, dims, opset or ONNX_OPSET)
+            width, height = dims or (trained.width, trained.height)
+            outputs = 5 + trained.model.heads[0].classes
+            typer.echo(
+                f"{target}: ONNX opset {opset or ONNX_OPSET}, input {INPUT_NAME} (batch, 3, "
+                f"{height}, {width}) RGB in 0..1, output {OUTPUT_NAME} (batch, N, {outputs}): "
+                f"{OUTPUT_LAYOUT}"
+            )
+        else:
+            trained = load_trained_network(checkpoint)
+            save_darknet_weights(trained.model, target, seen=trained.images_seen)
+            typer.echo(f"{target}: darknet weights, {trained.images_seen} images seen")
+    except (OSError, ValueError, CfgError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error

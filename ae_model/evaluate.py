@@ -5,12 +5,15 @@ import io
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import batched_nms
+
+from ae_model.compare.image_bootstrap import ImageMatches, write_matches
 
 # The 12 COCOeval.stats entries, in pycocotools' order.
 STAT_NAMES = (
@@ -80,6 +83,7 @@ class COCOEvaluator:
         self._image_ids: list[int] = []
         self.inference_seconds = 0.0
         self.images_seen = 0
+        self._scored: COCOeval | None = None  # the last summarize()'s, for its matches
 
     def update(self, image_id: int, detections: Detections) -> None:
         """Add one image's detections, boxes already in that image's original pixels."""
@@ -125,6 +129,7 @@ class COCOEvaluator:
                 evaluator.accumulate()
                 evaluator.summarize()
             metrics = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
+            self._scored = evaluator
             # precision: (T iou thresholds, R recall points, K classes, A areas, M max dets)
             precision = evaluator.eval["precision"][:, :, :, 0, -1]
             for k, cat_id in enumerate(evaluator.params.catIds):
@@ -133,6 +138,52 @@ class COCOEvaluator:
         if self.images_seen:
             metrics["latency_ms"] = 1000 * self.inference_seconds / self.images_seen
         return metrics
+
+    def image_matches(self) -> ImageMatches | None:
+        """The last :meth:`summarize`'s detections and per-image matches; None before one
+        that saw an image."""
+        return None if self._scored is None else image_matches(self._scored)
+
+    def write_detections(self, path: Path, iteration: int) -> None:
+        """Write :meth:`image_matches` (gzipped JSON, ``ae_model.compare.image_bootstrap``);
+        nothing when there are none."""
+        matches = self.image_matches()
+        if matches is not None:
+            write_matches(matches, path, iteration)
+
+
+def image_matches(evaluator: COCOeval) -> ImageMatches:
+    """The per-image matches ``evaluator.evaluate()`` made, for area "all" and the most
+    detections per image, in the order ``accumulate()`` reads them."""
+    params = evaluator.params
+    images, thresholds = len(params.imgIds), len(params.iouThrs)
+    area_all = params.areaRngLbl.index("all") * images
+    gt_count = np.zeros((images, len(params.catIds)), dtype=np.int64)
+    rows: list[tuple[int, int, float, int]] = []  # image index, category index, score, dt id
+    matched, ignored = [np.zeros((thresholds, 0), dtype=bool)], [np.zeros((thresholds, 0), bool)]
+    for k in range(len(params.catIds)):
+        for i in range(images):
+            entry = evaluator.evalImgs[k * len(params.areaRng) * images + area_all + i]
+            if entry is None:  # neither ground truth nor detections of this category here
+                continue
+            gt_count[i, k] = np.count_nonzero(np.asarray(entry["gtIgnore"]) == 0)
+            scored = zip(entry["dtScores"], entry["dtIds"], strict=True)
+            rows.extend((i, k, score, dt_id) for score, dt_id in scored)
+            matched.append(np.asarray(entry["dtMatches"]) > 0)
+            ignored.append(np.asarray(entry["dtIgnore"]) > 0)
+    anns = evaluator.cocoDt.anns
+    return ImageMatches(
+        image_ids=np.asarray(params.imgIds, dtype=np.int64),
+        category_ids=np.asarray(params.catIds, dtype=np.int64),
+        iou_thresholds=np.asarray(params.iouThrs, dtype=float),
+        gt_count=gt_count,
+        det_image=np.asarray([r[0] for r in rows], dtype=np.int64),
+        det_category=np.asarray([r[1] for r in rows], dtype=np.int64),
+        det_score=np.asarray([r[2] for r in rows], dtype=float),
+        det_bbox=np.asarray([anns[r[3]]["bbox"] for r in rows], dtype=float).reshape(-1, 4),
+        matched=np.concatenate(matched, axis=1),
+        ignored=np.concatenate(ignored, axis=1),
+    )
 
 
 @contextlib.contextmanager

@@ -126,6 +126,10 @@ class TrainOptions:
     checkpoint_interval: int = option(
         100, "Write last.pt every N iterations (0: only at the end).", ge=0, le=10_000_000
     )
+    keep: int = option(
+        0, "Also keep every N-th of those checkpoints as iter_<iteration>.pt (0: none; "
+        "last.pt and best.pt are always kept, each overwritten by the next).", ge=0, le=1_000_000,
+    )  # fmt: skip
     val_limit: int | None = option(
         None, "Evaluate on the first N validation images only.", ge=1, le=10_000_000
     )

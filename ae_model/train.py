@@ -29,13 +29,16 @@ from ae_model.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from ae_model.compare.image_bootstrap import DETECTIONS_LAST
 from ae_model.darknet import Darknet
 from ae_model.data.augment import unletterbox_boxes
-from ae_model.data.datasets import open_dataset
+from ae_model.data.datasets import DetectionDataset, open_dataset
 from ae_model.data.loader import build_loader
 from ae_model.device import autocast_dtype, compile_network, select_device
 from ae_model.evaluate import COCOEvaluator, Detections, postprocess, timed
 from ae_model.excitation import AssistedExcitation, ExcitationContext, attach_excitation
+from ae_model.export import load_trained_network
+from ae_model.fingerprint import StreamFingerprint, settings_fingerprint, weights_fingerprint
 from ae_model.layers import RegionLayer, YoloLayer
 from ae_model.loss import YoloLoss
 from ae_model.optim import Adam, LRSchedule, build_ema, build_optimizer, build_scheduler
@@ -161,6 +164,9 @@ class Trainer:
             width=r.width,
             height=r.height,
         )
+        # Before a resume loads its weights: what this seed (and start file) starts from.
+        self.initial_weights = weights_fingerprint(self.model)
+        self.stream_fingerprint = StreamFingerprint()
         self.model.to(self.device)
         if config.channels_last:  # faster convolutions on CUDA and on CPU (oneDNN) alike
             self.model.to(memory_format=torch.channels_last)
@@ -198,6 +204,26 @@ class Trainer:
         }
         if resume is not None:
             self.load_checkpoint(resume)
+
+    @property
+    def fingerprints(self) -> dict[str, Any]:
+        """What the seed fixed, as a job records it (``docs/comparisons.md``): ``weights``
+        (:func:`weights_fingerprint` before the first step), ``data_stream`` (the first
+        iterations' batches, rank 0's share), ``data_stream_iterations``, ``data_settings``
+        (what else shapes the batches) and whether ``start`` weights were loaded."""
+        r = self.resolved
+        shaping = {
+            "micro_batch": r.micro_batch, "subdivisions": r.subdivisions, "width": r.width,
+            "height": r.height, "random": r.random, "augment": r.as_dict()["augment"],
+            "max_batches": r.max_batches, "train_images": len(self.train_set),
+            "world_size": self.config.world_size,
+        }  # fmt: skip
+        return {
+            "weights": self.initial_weights,
+            **self.stream_fingerprint.as_dict(r.max_batches),
+            "data_settings": settings_fingerprint(shaping),
+            "start": self.start is not None,
+        }
 
     @property
     def epoch(self) -> float:
@@ -276,12 +302,20 @@ class Trainer:
                 interval = self.config.checkpoint_interval
                 if (interval and self.iteration % interval == 0) or done:
                     self.save_checkpoint(last)
+                    if self._keeps_snapshot():
+                        self.save_checkpoint(self.out / f"iter_{self.iteration}.pt")
             if self.stop_requested:
                 self.save_checkpoint(last)
         finally:
             for hook in self.hooks:
                 hook.after_train(self)
         return final
+
+    def _keeps_snapshot(self) -> bool:
+        """Whether this iteration's checkpoint is also kept as ``iter_N.pt`` (``keep``: every
+        keep-th of the ``checkpoint_interval`` checkpoints; ``last.pt`` is overwritten)."""
+        every = self.config.keep * self.config.checkpoint_interval
+        return every > 0 and self.iteration % every == 0
 
     def _stopping(self) -> bool:
         """Whether to stop now; with several processes, all stop when rank 0's hooks ask."""
@@ -325,6 +359,7 @@ class Trainer:
             fetch = time.perf_counter()
             images, targets = next(batches)
             waited += time.perf_counter() - fetch
+            self.stream_fingerprint.update(self.iteration, images, targets)
             images = images.to(self.device, non_blocking=True)
             if self.config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -431,29 +466,14 @@ class Trainer:
         dataset: Any = self.val_set
         if self.config.val_limit is not None:
             dataset = Subset(self.val_set, range(min(self.config.val_limit, len(self.val_set))))
-        loader = build_loader(
-            dataset,
-            batch_size=r.micro_batch,
-            img_size=(r.width, r.height),
-            train=False,
-            workers=self.config.workers,
-        )
-        evaluator = COCOEvaluator(self.val_set.coco_ground_truth(), self.val_set.category_ids)
         model = self.eval_model
         model.eval()
-        for images, _targets, metas in loader:
-            images = images.to(self.device, non_blocking=True)
-            with timed(evaluator, images.shape[0], self.device), torch.autocast(
-                self.device.type, dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None,
-            ):  # fmt: skip
-                detections = postprocess(model(images).float())
-            for det, meta in zip(detections, metas, strict=True):
-                boxes = unletterbox_boxes(det.boxes, meta)
-                evaluator.update(meta.image_id, Detections(boxes, det.scores, det.labels))
+        evaluator = self._coco_evaluation(model, self.val_set, dataset)
         model.train()
         metrics = evaluator.summarize()
         metrics["iteration"] = float(self.iteration)
+        if self.iteration == r.max_batches:  # per image, for the bootstrap over val images
+            evaluator.write_detections(self.out / DETECTIONS_LAST, self.iteration)
         self.evaluations.append(metrics)
         if self.best_metric is None or metrics["AP"] > self.best_metric:
             self.best_metric = metrics["AP"]
@@ -461,6 +481,55 @@ class Trainer:
         for hook in self.hooks:
             hook.after_eval(self, metrics)
         return metrics
+
+    @torch.no_grad()
+    def evaluate_checkpoint(
+        self, path: Path, split: str, detections: Path | None = None
+    ) -> dict[str, float]:
+        """COCO metrics on ``split`` (e.g. ``"test"``) of the network checkpoint ``path``
+        holds, as :meth:`evaluate` scored it (its weights' moving average when the run kept
+        one), with the checkpoint's ``iteration``; ``detections``: where to write the
+        per-image matches. A copy is evaluated, built under a forked RNG, and no hook is
+        called: the network in training, the RNG states and ``evaluations`` stay as they were.
+        """
+        with torch.random.fork_rng(devices=[]):  # building a network draws initial weights
+            trained = load_trained_network(path)
+        model = trained.model.to(self.device)
+        if self.config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        dataset = open_dataset(self.config.data, split)
+        evaluator = self._coco_evaluation(model, dataset, dataset)
+        metrics = evaluator.summarize()
+        metrics["iteration"] = float(trained.iteration)
+        if detections is not None:
+            evaluator.write_detections(detections, trained.iteration)
+        return metrics
+
+    def _coco_evaluation(
+        self, model: nn.Module, split: DetectionDataset, images: Any
+    ) -> COCOEvaluator:
+        """``model``'s (in eval mode) detections on ``images`` (``split`` or a Subset of it),
+        matched against ``split``'s ground truth, ready to summarize."""
+        r = self.resolved
+        loader = build_loader(
+            images,
+            batch_size=r.micro_batch,
+            img_size=(r.width, r.height),
+            train=False,
+            workers=self.config.workers,
+        )
+        evaluator = COCOEvaluator(split.coco_ground_truth(), split.category_ids)
+        for batch, _targets, metas in loader:
+            batch = batch.to(self.device, non_blocking=True)
+            with timed(evaluator, batch.shape[0], self.device), torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):  # fmt: skip
+                detections = postprocess(model(batch).float())
+            for det, meta in zip(detections, metas, strict=True):
+                boxes = unletterbox_boxes(det.boxes, meta)
+                evaluator.update(meta.image_id, Detections(boxes, det.scores, det.labels))
+        return evaluator
 
     # -- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -478,6 +547,7 @@ class Trainer:
             "best_metric": self.best_metric,
             "last_finite_loss": self.last_finite_loss,
             "rollbacks": self.rollbacks,
+            "stream_fingerprint": self.stream_fingerprint.state(),
         }
 
     def save_checkpoint(self, path: Path) -> None:
@@ -515,6 +585,7 @@ class Trainer:
         self.best_metric = state["best_metric"]
         self.last_finite_loss = state["last_finite_loss"]
         self.rollbacks = state.get("rollbacks", 0)  # absent from checkpoints before rollbacks
+        self.stream_fingerprint.load_state(state.get("stream_fingerprint"), self.iteration)
         set_rng_state(state["rng"])
 
 

@@ -16,6 +16,8 @@ import typer
 from sqlalchemy.exc import OperationalError
 
 from ae_model.cli import app as model_app
+from ae_model.cli import datasets_app
+from api.client_cli import jobs_app, models_app, register_dataset_commands
 
 app = typer.Typer(
     name="aetrain",
@@ -25,6 +27,12 @@ app = typer.Typer(
 )
 # Merged without a name: `aetrain layers ...`, not `aetrain model layers ...`.
 app.add_typer(model_app)
+
+# The API's resources through its client: `aetrain jobs|models ...`, and `aetrain datasets
+# list|show|upload`, whose `generate` runs on the server unless given --out.
+register_dataset_commands(datasets_app)
+app.add_typer(jobs_app, name="jobs", no_args_is_help=True)
+app.add_typer(models_app, name="models", no_args_is_help=True)
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -238,18 +246,26 @@ def run_comparison(
 
     created = client.post("/v1/comparisons", body)
     cid, jobs_total = created["id"], created["progress"]["total"]
-    arms, seeds = len(created["spec"]["arms"]), len(created["spec"]["seeds"])
-    typer.echo(f"comparison {cid}: {arms} arms x {seeds} seeds = {jobs_total} jobs")
+    arms, seeds = len(created["spec"]["arms"]), created["spec"]["seeds"]
+    # Seeds until decided add rounds: the bar counts up to max seeds, and may stop short.
+    most = seeds["max"] / seeds["min"] if isinstance(seeds, dict) else 1
+    said = (
+        f"{seeds['min']} to {seeds['max']} seeds until decided, {jobs_total} jobs first"
+        if isinstance(seeds, dict)
+        else f"{len(seeds)} seeds = {jobs_total} jobs"
+    )
+    typer.echo(f"comparison {cid}: {arms} arms x {said}")
     for warning in created["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
     # Each job's length is resolved at submission (epochs become iterations there).
     lengths = {j["id"]: j["max_batches"] or 1 for j in created["jobs"]}
-    bar = Progress(sum(lengths.values()), "train")
+    bar = Progress(round(sum(lengths.values()) * most), "train")
     try:
         while True:
             state = client.get(f"/v1/comparisons/{cid}")
+            lengths.update({j["id"]: j["max_batches"] or 1 for j in state["jobs"]})
             bar.update(*_comparison_progress(state["jobs"], lengths))
-            if all(j["state"] in TERMINAL for j in state["jobs"]):
+            if state["status"] != "running":  # every job ended, and no round will be added
                 break
             time.sleep(poll_s)
     finally:

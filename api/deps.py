@@ -47,8 +47,8 @@ DB_SESSIONS = 4
 # SSE streams poll the database with short sessions of their own, this many at once.
 STREAM_POLLS = 4
 # What the pool must hold so no checkout waits: request sessions, stream polls, heavy
-# requests' short sessions (api.heavy), the reaper.
-POOL_SIZE = DB_SESSIONS + STREAM_POLLS + HEAVY_THREADS + 1
+# requests' short sessions (api.heavy), the reaper, the webhook dispatcher (api.webhooks).
+POOL_SIZE = DB_SESSIONS + STREAM_POLLS + HEAVY_THREADS + 2
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # Closed when the route returns, before the response is sent: a streamed response (SSE, a

@@ -40,9 +40,11 @@ from api.routes import (
     service_error_response,
     usage,
     validation_error_response,
+    webhooks,
 )
 from api.services.errors import ServiceError
 from api.validation import RequestGuard
+from api.webhooks import deliver_forever
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,12 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper = asyncio.create_task(
             reap_forever(app.state.session_factory, app.state.celery, settings)
         )
+        dispatcher = asyncio.create_task(deliver_forever(app.state.session_factory, settings))
         try:
             yield
         finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            for loop in (reaper, dispatcher):
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
             engine.dispose()
 
     app = FastAPI(
@@ -110,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(comparisons.router)
     app.include_router(usage.router)
+    app.include_router(webhooks.router)
     return app
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core import jobstore as job_ops
 from api.core.broker import send_train_task, waiting_tasks
+from api.core.comparison_rounds import advance_waiting_comparisons
 from api.core.db.models import Job
 from api.core.settings import Settings
 
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 def reap_once(
     sessions: sessionmaker[Session], celery: Any, settings: Settings
 ) -> tuple[list[int], list[int]]:
-    """One round: re-queue (or fail) stale running jobs, then send again the tasks the broker
-    lost of jobs still queued. Returns the ids of both."""
+    """One round: re-queue (or fail) stale running jobs, send again the tasks the broker lost
+    of jobs still queued, then step the comparisons whose jobs have all ended
+    (api.core.comparison_rounds). Returns the ids of the jobs re-queued and re-sent."""
 
     def send(job: Job) -> None:
         send_train_task(celery, job.id, job.queue)
@@ -39,6 +41,8 @@ def reap_once(
             waiting_in_broker=lambda queue: waiting_tasks(celery, queue),
             send=send,
         )
+        # Comparisons whose last job ended outside a worker (cancelled, failed above).
+        advance_waiting_comparisons(session, settings, send)
     return requeued, resent
 
 

@@ -164,6 +164,19 @@ def test_imports_load_no_torch_build_no_app_and_make_no_folder(tmp_path: Path) -
     assert not home.exists(), "importing made folders"
 
 
+def test_training_imports_without_the_service_packages() -> None:
+    """The GPU machines run ae_model without the service's packages (no onnx, FastAPI,
+    Celery, SQLAlchemy, boto3, redis): training and its CLI must import there."""
+    absent = ["onnx", "onnxruntime", "fastapi", "celery", "sqlalchemy", "boto3", "redis"]
+    code = (
+        "import sys\n"
+        f"for name in {absent}:\n"
+        "    sys.modules[name] = None  # import raises ImportError, as where it is missing\n"
+        "import ae_model.train, ae_model.cli, ae_model.export\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
 def test_console_script_lists_commands() -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "aetrain"), "--help"],

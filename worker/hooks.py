@@ -10,6 +10,8 @@ Imported in the worker's child process: this module imports torch (through ae_mo
 
 import hashlib
 import logging
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +19,11 @@ from pathlib import Path
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ae_model.export import TrainedNetwork, export_onnx, load_trained_network, same_network
 from ae_model.train import Hook, NonFiniteLossError, Trainer
 from ae_model.weights import save_darknet_weights
 from api.core import jobstore as jobs
+from api.core.artifacts import ArtifactStore, LocalStore
 from api.core.db.models import JobState
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,8 @@ FLUSH_ROWS = 2000
 # How long a checkpoint or the job's end waits for an unreachable database before the job
 # fails; meanwhile training goes on and metric rows stay buffered in memory.
 DATABASE_WAIT_S = 600.0
+# The checkpoints a job's end exports to ONNX.
+ONNX_CHECKPOINTS = ("last", "best")
 
 
 class JobLostError(RuntimeError):
@@ -201,14 +207,23 @@ class MetricsWriter(Hook):
 
 class CheckpointExport(Hook):
     """After each checkpoint file: its darknet ``.weights`` beside it (the API cannot convert:
-    it never imports torch), and a row for each of the two files with its size, SHA-256 and
-    path relative to ``artifacts`` (the artifact root), where the API finds it under its own
-    root, wherever that is mounted."""
+    it never imports torch), both put in ``store`` (an S3 store uploads them; the local one
+    holds them already), and a row for each of the two files with its size, SHA-256 and
+    path relative to ``artifacts`` (the artifact root), which is its key in the store.
+    The rows come after the upload: a row always names a file another machine can read.
+    At the end of the run, ``last.onnx`` and ``best.onnx`` the same way (``after_train``)."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: int, artifacts: Path) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: int,
+        artifacts: Path,
+        store: ArtifactStore | None = None,
+    ) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.artifacts = artifacts
+        self.store = store if store is not None else LocalStore(artifacts)
 
     def after_checkpoint(self, trainer: Trainer, path: Path) -> None:
         weights = path.with_suffix(".weights")
@@ -218,15 +233,70 @@ class CheckpointExport(Hook):
         images = trainer.iteration * trainer.resolved.batch
         save_darknet_weights(trainer.eval_model, partial, seen=images)
         partial.replace(weights)
-        evals = [m for m in trainer.evaluations if m["iteration"] <= trainer.iteration]
-        metrics = {k: v for k, v in evals[-1].items() if "/" not in k} if evals else {}
+        for file in (path, weights):
+            self.store.put_file(file.relative_to(self.artifacts).as_posix(), file)
+        metrics = _metrics_at(trainer, trainer.iteration)
         with self.sessions() as session:
             for file in (path, weights):
-                jobs.record_checkpoint(
-                    session, self.job_id, file.name, iteration=trainer.iteration,
-                    metrics=metrics, size=file.stat().st_size, sha256=_sha256(file),
-                    path=file.relative_to(self.artifacts).as_posix(),
-                )  # fmt: skip
+                self._record(session, file, trainer.iteration, metrics)
+
+    def _record(
+        self, session: Session, file: Path, iteration: int, metrics: dict[str, float]
+    ) -> None:
+        jobs.record_checkpoint(
+            session, self.job_id, file.name, iteration=iteration, metrics=metrics,
+            size=file.stat().st_size, sha256=_sha256(file),
+            path=file.relative_to(self.artifacts).as_posix(),
+        )  # fmt: skip
+
+    def after_train(self, trainer: Trainer) -> None:
+        """At the end of a run that ended without an error (finished or cancelled): the ONNX
+        file of ``last`` and ``best``, recorded like the others. Only then: an export takes
+        seconds (docs/api.md, "Checkpoints"), too long for every checkpoint. A failed export
+        is logged in the job's log; the job still succeeds with its .pt and .weights."""
+        # after_train runs in the Trainer's `finally`: an exception in flight is a failed run.
+        if trainer.rank or sys.exc_info()[0] is not None:
+            return
+        exported: list[tuple[TrainedNetwork, Path]] = []
+        for name in ONNX_CHECKPOINTS:
+            checkpoint = trainer.out / f"{name}.pt"
+            if checkpoint.is_file():
+                self._export_onnx(trainer, checkpoint, exported)
+
+    def _export_onnx(
+        self, trainer: Trainer, checkpoint: Path, exported: list[tuple[TrainedNetwork, Path]]
+    ) -> None:
+        """Write and record the checkpoint's .onnx; a network in ``exported`` already (best
+        and last after a final evaluation that was the best) is copied, not exported again."""
+        onnx = checkpoint.with_suffix(".onnx")
+        try:
+            network = load_trained_network(checkpoint)
+            same = [file for other, file in exported if same_network(other, network)]
+            if same:
+                partial = onnx.with_name(onnx.name + ".tmp")
+                shutil.copyfile(same[0], partial)
+                partial.replace(onnx)
+            else:
+                export_onnx(network.model, onnx, network.width, network.height,
+                            classes=network.classes)  # fmt: skip
+        except Exception as error:  # any exporter failure; the checkpoint itself is fine
+            log.warning("job %s: %s not exported", self.job_id, onnx.name, exc_info=True)
+            message = f"{checkpoint.stem}: no ONNX file, the export failed: {error}"
+            with self.sessions() as session:
+                jobs.add_event(session, self.job_id, JobState.running, message)
+                session.commit()
+            return
+        exported.append((network, onnx))
+        self.store.put_file(onnx.relative_to(self.artifacts).as_posix(), onnx)
+        metrics = _metrics_at(trainer, network.iteration)
+        with self.sessions() as session:
+            self._record(session, onnx, network.iteration, metrics)
+
+
+def _metrics_at(trainer: Trainer, iteration: int) -> dict[str, float]:
+    """The COCO metrics of the trainer's last evaluation at or before ``iteration``."""
+    evals = [m for m in trainer.evaluations if m["iteration"] <= iteration]
+    return {k: v for k, v in evals[-1].items() if "/" not in k} if evals else {}
 
 
 def _sha256(path: Path) -> str:

@@ -10,22 +10,31 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.cfg import CfgError
+from ae_model.compare.image_bootstrap import DETECTIONS_LAST, bootstrap_record, read_matches
 from ae_model.train import NonFiniteLossError, Trainer
+from api.core import comparison_rounds
 from api.core import jobstore as jobs
+from api.core.artifacts import ArtifactStore, open_store
+from api.core.broker import send_train_task
 from api.core.db.models import Checkpoint, Dataset, Job, JobState
 from api.core.job_spec import CheckpointStart, JobCreate, ModelWeightsStart
 from api.core.model_refs import ModelCfg, resolve_model
 from api.core.settings import Settings
+from worker import celery_app
 from worker.hooks import CheckpointExport, JobControl, JobLostError, MetricsWriter
 from worker.job_config import train_config
 
 log = logging.getLogger(__name__)
+# The per-image matches of a job's best checkpoint on test, for its image bootstrap.
+DETECTIONS_BEST_TEST = "detections-best-test.json.gz"
 
 
 @contextmanager
@@ -77,6 +86,21 @@ def run_job(job_id: int, sessions: sessionmaker[Session], settings: Settings, wo
             return
     with heartbeat_thread(sessions, job_id, worker, settings.heartbeat_interval_s):
         _train_claimed(job_id, sessions, settings, worker)
+    _advance_comparison(job_id, sessions, settings)
+
+
+def _advance_comparison(job_id: int, sessions: sessionmaker[Session], settings: Settings) -> None:
+    """If the job was its comparison's last to end, stop the comparison or add its next round
+    of seeds. An error here does not touch the job's outcome: the API's reaper tries again."""
+
+    def send(job: Job) -> None:  # by the worker's app (built in the parent, before the fork)
+        send_train_task(celery_app.app, job.id, job.queue)
+
+    try:
+        with sessions() as session:
+            comparison_rounds.advance_after_job(session, job_id, settings, send)
+    except Exception:
+        log.exception("job %s: its comparison's next step is left to the reaper", job_id)
 
 
 @dataclass(frozen=True)
@@ -138,15 +162,17 @@ def failure_reason(error: BaseException) -> str:
 
 def _prepare(
     job_id: int, sessions: sessionmaker[Session], settings: Settings, worker: str
-) -> Trainer:
-    """The Trainer of the claimed job, its resolved settings stored. Raises what stops it
-    from being built: the user errors that say what to change (a missing model or dataset,
-    a cfg or settings the Trainer refuses), and anything else (an unknown CUDA device)."""
+) -> tuple[Trainer, JobCreate]:
+    """The Trainer of the claimed job, its resolved settings stored, and the job's spec.
+    Raises what stops it from being built: the user errors that say what to change (a missing
+    model or dataset, a cfg or settings the Trainer refuses), and anything else (an unknown
+    CUDA device)."""
     inputs = _job_inputs(sessions, job_id)
-    spec, root = inputs.spec, settings.artifacts_dir
+    spec, store = inputs.spec, open_store(settings)
     if spec.train.workers:
         _allow_loader_processes()
-    # Both under the artifact root; a dataset's row holds its path relative to that root.
+    # Written here, under this machine's artifact root, and put in the store after each
+    # checkpoint (for the local store, the same folder).
     out = settings.artifacts_dir / "jobs" / str(job_id)
     out.mkdir(parents=True, exist_ok=True)
     resume = out / "last.pt"
@@ -154,12 +180,13 @@ def _prepare(
     hooks = [
         JobControl(sessions, job_id, worker),
         MetricsWriter(sessions, job_id),
-        CheckpointExport(sessions, job_id, settings.artifacts_dir),
+        CheckpointExport(sessions, job_id, settings.artifacts_dir, store),
     ]
-    start = (root / inputs.start[0], inputs.start[1]) if inputs.start is not None else None
-    resuming = resume.is_file()
+    # Rows hold keys in the store; a remote store's files are read from this machine's cache.
+    start = (store.fetch(inputs.start[0]), inputs.start[1]) if inputs.start is not None else None
+    resuming = _fetch_last_checkpoint(store, f"jobs/{job_id}/last.pt", resume)
     trainer = Trainer(
-        train_config(spec, inputs.model, root / inputs.dataset.path, out, start),
+        train_config(spec, inputs.model, store.fetch(inputs.dataset.path), out, start),
         hooks=hooks,
         resume=resume if resuming else None,
     )
@@ -167,8 +194,24 @@ def _prepare(
     with sessions() as session:
         if trainer.start is not None and not resuming:  # a resume's weights are its own
             jobs.add_event(session, job_id, JobState.running, f"note: {trainer.start.describe()}")
+        if resuming:
+            jobs.add_event(session, job_id, JobState.running,
+                           f"resumed from iteration {trainer.iteration} (last.pt)")  # fmt: skip
         jobs.save_resolved(session, job_id, resolved, trainer.resolved.max_batches)
-    return trainer
+    return trainer, spec
+
+
+def _fetch_last_checkpoint(store: ArtifactStore, key: str, resume: Path) -> bool:
+    """Whether the job resumes from ``resume``, its ``last.pt``. From a remote store, the
+    store's copy is fetched over any on this machine: an earlier attempt here may have left
+    an older one, before the job moved on elsewhere; without one in the store the job starts
+    over, so a file the store never got is dropped."""
+    if store.remote:
+        if store.exists(key):
+            store.get_file(key, resume)
+        else:
+            resume.unlink(missing_ok=True)
+    return resume.is_file()
 
 
 def _train_claimed(
@@ -184,7 +227,7 @@ def _train_claimed(
             jobs.finish_job(session, job_id, JobState.failed, failure_reason=reason, worker=worker)
 
     try:
-        trainer = _prepare(job_id, sessions, settings, worker)
+        trainer, spec = _prepare(job_id, sessions, settings, worker)
     except LookupError as error:  # ModelNotFoundError among them
         fail(f"the job's model, dataset or start weights no longer exist: {error}")
         return
@@ -207,16 +250,71 @@ def _train_claimed(
         log.exception("job %s crashed", job_id)
         fail(f"training crashed at iteration {trainer.iteration}: {failure_reason(error)}")
         return
-    max_batches = trainer.resolved.max_batches
-    with sessions() as session:
-        # A cancel that arrives during the final evaluation comes too late to stop anything.
-        if trainer.stop_requested and trainer.iteration < max_batches:
+    # A cancel that arrives during the final evaluation comes too late to stop anything.
+    if trainer.stop_requested and trainer.iteration < trainer.resolved.max_batches:
+        with sessions() as session:
             jobs.finish_job(
                 session, job_id, JobState.cancelled,
                 f"cancelled at iteration {trainer.iteration}; last checkpoint kept", worker=worker,
             )  # fmt: skip
-        else:
-            jobs.finish_job(
-                session, job_id, JobState.succeeded,
-                f"finished {trainer.iteration} iterations", result=final, worker=worker,
-            )  # fmt: skip
+        return
+    try:
+        result, detections = declared_evaluation(trainer, spec, final, open_store(settings), job_id)
+    except Exception as error:
+        log.exception("job %s: its declared evaluation failed", job_id)
+        fail(
+            f"trained, but evaluating the {spec.evaluate.checkpoint} checkpoint failed: "
+            f"{failure_reason(error)}"
+        )
+        return
+    with sessions() as session:
+        jobs.finish_job(
+            session, job_id, JobState.succeeded,
+            f"finished {trainer.iteration} iterations",
+            result={**result, **_seed_and_image_record(trainer, job_id, settings, detections)},
+            worker=worker,
+        )  # fmt: skip
+
+
+def declared_evaluation(
+    trainer: Trainer, spec: JobCreate, final: dict[str, float], store: ArtifactStore, job_id: int
+) -> tuple[dict[str, Any], str]:
+    """The result metrics of the evaluation the job declared (``spec.evaluate``), with
+    ``evaluated`` saying which it is, and the name of its per-image detections file in the
+    job's folder. ``last``: ``final``, the last checkpoint on val. ``best``: the best
+    checkpoint (by val AP; from the store, which has it even when this attempt resumed
+    after it) on the test split, with the last checkpoint's val metrics under ``last_val``."""
+    if spec.evaluate.checkpoint == "last":
+        iteration = int(final.get("iteration", trainer.iteration))
+        evaluated = {"checkpoint": "last", "split": "val", "iteration": iteration}
+        return {**final, "evaluated": evaluated}, DETECTIONS_LAST
+    best = store.fetch(f"jobs/{job_id}/best.pt")
+    test = trainer.evaluate_checkpoint(best, "test", trainer.out / DETECTIONS_BEST_TEST)
+    evaluated = {
+        "checkpoint": "best", "split": "test", "iteration": int(test["iteration"]),
+        "val_AP": trainer.best_metric,
+    }  # fmt: skip
+    return {**test, "evaluated": evaluated, "last_val": final}, DETECTIONS_BEST_TEST
+
+
+def _seed_and_image_record(
+    trainer: Trainer, job_id: int, settings: Settings, detections: str
+) -> dict[str, Any]:
+    """What a succeeded job keeps beside its final metrics (``docs/comparisons.md``): the
+    ``fingerprints`` of what its seed fixed and the ``image_bootstrap`` of its declared
+    evaluation, whose per-image detections file ``detections`` goes to the artifact store."""
+    record: dict[str, Any] = {"fingerprints": trainer.fingerprints}
+    path = trainer.out / detections
+    if not path.is_file():  # a run whose final evaluation saw no image
+        return record
+    key = f"jobs/{job_id}/{detections}"
+    try:
+        open_store(settings).put_file(key, path)
+        # The file's name in the job's folder: equal records for equal runs.
+        record["image_bootstrap"] = {
+            **bootstrap_record(read_matches(path)),
+            "detections": detections,
+        }
+    except Exception as error:  # the job succeeded: its metrics stand without the bootstrap
+        log.warning("job %s: no image bootstrap recorded: %s", job_id, error)
+    return record

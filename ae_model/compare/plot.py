@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ae_model.compare import stats as cs
 from ae_model.compare.summary import ComparisonSummary
 
 SMOOTH_FRACTION = 0.05  # of a loss curve's points, the window of its rolling mean
@@ -22,7 +23,9 @@ def plot_comparison(
     setting: str | None = None,
 ) -> None:
     """Writes a PNG: the headline metric per seed per arm (lines join a seed across arms), the
-    paired differences per metric with CIs, and with ``curves`` the learning curves per arm,
+    paired differences per metric with CIs, the headline difference's intervals as seed pairs
+    accrue (the sequence seeds until decided stops by), and with ``curves`` the learning
+    curves per arm,
     under a title naming the arms and ``setting`` (what was trained on what, e.g.
     ``"yolov3-tiny-small on quickstart digits"``).
 
@@ -40,14 +43,17 @@ def plot_comparison(
         for run in curves.get(arm, ())
         for key in ("iteration", "val_iteration")
     )
-    fig = Figure(figsize=(13, 9.5 if has_curves else 5), layout="constrained")
+    fig = Figure(figsize=(18, 9.5 if has_curves else 5), layout="constrained")
     FigureCanvasAgg(fig)
     fig.suptitle(_title(summary, setting), fontsize="large")
-    axes = fig.subplots(2 if has_curves else 1, 2, squeeze=False)
-    _plot_per_seed(axes[0][0], summary)
-    _plot_differences(axes[0][1], summary)
+    # Three panels above (2 of 6 columns each), the two learning curves below (3 each).
+    grid = fig.add_gridspec(2 if has_curves else 1, 6)
+    _plot_per_seed(fig.add_subplot(grid[0, 0:2]), summary)
+    _plot_differences(fig.add_subplot(grid[0, 2:4]), summary)
+    _plot_interval_sequence(fig.add_subplot(grid[0, 4:6]), summary)
     if curves is not None and has_curves:
-        _plot_curves(axes[1][0], axes[1][1], summary, curves)
+        loss, val = fig.add_subplot(grid[1, 0:3]), fig.add_subplot(grid[1, 3:6])
+        _plot_curves(loss, val, summary, curves)
     fig.savefig(path_or_file, format="png", dpi=100)
 
 
@@ -125,6 +131,45 @@ def _plot_differences(ax: Any, summary: ComparisonSummary) -> None:
         ax.legend(fontsize="small")
     else:
         ax.text(0.5, 0.5, "no paired seeds yet", ha="center", va="center", transform=ax.transAxes)
+
+
+def _plot_interval_sequence(ax: Any, summary: ComparisonSummary) -> None:
+    """The headline difference's intervals as seed pairs accrue (seeds in order, as rounds add
+    them): after each pair, the running mean, the fixed-n t-interval (valid for that n alone)
+    and the anytime-valid confidence sequence that seeds until decided stop by, at each arm's
+    level (Bonferroni over the arms, as the stopping rule uses)."""
+    from scipy import stats as sps
+
+    others = [a for a in summary.arms if a != summary.reference]
+    level = 1 - (1 - summary.confidence) / max(1, len(others))
+    ax.axhline(0, color="grey", linewidth=1)
+    drawn = False
+    for arm in others:
+        d = summary.per_metric[summary.headline].differences[arm]
+        values = 100 * np.array([d.per_seed[seed] for seed in sorted(d.per_seed)])
+        if len(values) < 2:
+            continue
+        n = np.arange(2, len(values) + 1)
+        mean = np.array([values[:k].mean() for k in n])
+        half = np.array([values[:k].std(ddof=1) / math.sqrt(k) for k in n]) * sps.t.ppf(
+            (1 + level) / 2, n - 1
+        )
+        sequence = np.array([cs.confidence_sequence(list(values[:k]), level) for k in n])
+        colour = _arm_colour(summary, arm)
+        ax.plot(n, mean, "o-", color=colour, label=f"{arm}: mean")
+        ax.plot(n, mean - half, "--", color=colour, linewidth=0.8, label="t-interval (fixed n)")
+        ax.plot(n, mean + half, "--", color=colour, linewidth=0.8)
+        finite = np.isfinite(sequence).all(axis=1)
+        ax.fill_between(n[finite], sequence[finite, 0], sequence[finite, 1], color=colour,
+                        alpha=0.15, label="confidence sequence (any n)")  # fmt: skip
+        drawn = True
+    ax.set_xlabel("seed pairs")
+    ax.set_ylabel(f"{summary.headline} difference (points), arm - {summary.reference}")
+    ax.set_title(f"{summary.headline} difference as pairs accrue, {level * 100:.3g}%")
+    if drawn:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "fewer than 2 pairs", ha="center", va="center", transform=ax.transAxes)
 
 
 def _plot_curves(

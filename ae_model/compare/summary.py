@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from ae_model.compare import stats as cs
+from ae_model.compare.image_bootstrap import ImageNoise, image_noise
+from ae_model.compare.seed_checks import SeedControl, check_seed_control
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -32,7 +34,9 @@ class ArmResult:
     """
 
     name: str
-    per_seed: dict[int, dict[str, float]]
+    per_seed: dict[int, dict[str, Any]]
+    """A job's ``result``: its metrics, and what else it recorded (``fingerprints``,
+    ``image_bootstrap``)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,10 @@ class ComparisonSummary:
     """Keyed by non-reference arm: the headline metric's difference in words."""
     target_effect: float | None
     """The difference ``pairs_needed`` is computed for, if one was asked for."""
+    seed_control: SeedControl | None = None
+    """Whether the arms of each seed started alike and different seeds did not."""
+    image_noise: ImageNoise | None = None
+    """How much of the AP difference's uncertainty comes from the validation images."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (no NaN or inf: missing numbers are None; seeds as string keys)."""
@@ -136,6 +144,8 @@ class ComparisonSummary:
                 for name, m in self.per_metric.items()
             },
             "verdicts": dict(self.verdicts),
+            "seed_control": None if self.seed_control is None else self.seed_control.to_dict(),
+            "image_noise": None if self.image_noise is None else self.image_noise.to_dict(),
         }
 
 
@@ -203,7 +213,22 @@ def summarize(
         per_metric=per_metric,
         verdicts=verdicts,
         target_effect=target_effect,
+        **_seed_and_image_checks(arms, reference, per_metric),
     )
+
+
+def _seed_and_image_checks(
+    arms: Sequence[ArmResult], reference: str, per_metric: Mapping[str, MetricSummary]
+) -> dict[str, Any]:
+    """The summary's ``seed_control`` and ``image_noise`` (AP pairs by seed, where AP is one
+    of the metrics)."""
+    per_arm = {arm.name: arm.per_seed for arm in arms}
+    ap = per_metric.get("AP")
+    seed_differences = {a: d.per_seed for a, d in ap.differences.items()} if ap else {}
+    return {
+        "seed_control": check_seed_control(per_arm),
+        "image_noise": image_noise(per_arm, reference, seed_differences),
+    }
 
 
 def _why_missing(metrics: Mapping[str, float], metric: str) -> str | None:
@@ -439,6 +464,10 @@ def format_table(summary: ComparisonSummary) -> str:
         if head.mean_arm_std is not None:
             spread += f", ±{_points(head.mean_arm_std, decimals=2)} averaged over arms"
         lines.append(f"seed noise ({summary.headline} std over seeds): {spread}")
+    if summary.image_noise is not None:
+        lines.extend(summary.image_noise.lines())
+    if summary.seed_control is not None:
+        lines.extend(summary.seed_control.lines())
     lines.extend(_per_seed_table(summary))
     lines.extend(_left_out_notes(summary))
     return "\n".join(lines)

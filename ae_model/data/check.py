@@ -34,7 +34,7 @@ from ae_model.data.layout import (
 )
 
 # Splits the worker evaluates with COCOeval, which needs 'area' and 'iscrowd' on every box.
-EVAL_SPLITS = frozenset({"val"})
+EVAL_SPLITS = frozenset({"val", "test"})
 # Boxes may overhang the image by this fraction of its side (at least 1 px): rounding in
 # annotation tools; the loader clips them.
 BOX_TOLERANCE = 0.01

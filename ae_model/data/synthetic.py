@@ -4,17 +4,19 @@ Two kinds, both written in the COCO detection layout (:mod:`ae_model.data.layout
 
     out/images/train/000000.png ...      out/annotations/instances_train.json
     out/images/val/000000.png ...        out/annotations/instances_val.json
+    out/images/test/000000.png ...       out/annotations/instances_test.json   (if asked for)
 
 - ``digits``: scikit-learn's bundled handwritten digits (1797 real 8x8 scans, 10 classes "0".."9")
   upscaled smoothly, slightly rotated and stretched, coloured, and placed at several scales on
   textured backgrounds (gradients, low-frequency noise, pixel noise, blobs, lines) together with
   distractor strokes that are not digits. Train and val draw from disjoint digit samples, so a
-  model cannot score on val by memorising the scans.
+  model cannot score on val by memorising the scans; test draws from val's held-out scans.
 - ``shapes``: filled and outlined geometric shapes in random colours on gently shaded backgrounds;
   an easy set for smoke tests and demos.
 
 Every image is rendered from its own generator seeded with ``(seed, split, index)``, so the same
-seed gives byte-identical files and changing the number of train images leaves val untouched.
+seed gives byte-identical files and changing the number of train (or test) images leaves val
+untouched.
 Boxes are the exact extent of the pixels an object changed (its alpha mask), objects lie fully
 inside the image, and two objects overlap by at most ``max_overlap`` of the smaller box.
 """
@@ -32,15 +34,16 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ae_model.data.layout import SPLITS, coco_annotation_file, split_folders
+from ae_model.data.layout import OPTIONAL_SPLITS, SPLITS, coco_annotation_file, split_folders
 
 DatasetKind = Literal["digits", "shapes"]
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 
-# Stable integer per split for the per-image seed, so train and val never share a stream.
-_SPLIT_CODE = {"train": 0, "val": 1}
-# Every 5th digit scan goes to val (360 of 1797); the rest (1437) to train.
+# Stable integer per split for the per-image seed, so no two splits share a stream.
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+# Every 5th digit scan is held out for val and test (360 of 1797); the rest (1437) go to train.
+# Test shares val's scans (not their renders): splitting them would change existing datasets.
 _VAL_EVERY = 5
 # Luminance gap in [0, 1] between an object's colour and the background under it.
 _MIN_CONTRAST = 0.35
@@ -134,6 +137,7 @@ def generate_dataset(
     *,
     train: int,
     val: int,
+    test: int = 0,
     size: int = 256,
     seed: int = 0,
     min_objects: int = 1,
@@ -144,7 +148,8 @@ def generate_dataset(
     clutter: int = 4,
     progress: Callable[[int], object] | None = None,
 ) -> DatasetInfo:
-    """Render ``train`` + ``val`` images of ``kind`` into ``out`` in COCO layout.
+    """Render ``train`` + ``val`` (+ ``test``, written only when > 0) images of ``kind`` into
+    ``out`` in COCO layout.
 
     Knobs are described on :class:`RenderConfig`. ``progress`` is called with 1 after each
     image (``tqdm.update`` fits). Existing files of the same names are overwritten; a folder
@@ -152,15 +157,18 @@ def generate_dataset(
     """
     if kind not in ("digits", "shapes"):
         raise ValueError(f"unknown dataset kind {kind!r}; choose 'digits' or 'shapes'")
-    if train < 0 or val < 0:
-        raise ValueError(f"image counts must be >= 0, got train={train}, val={val}")
+    if min(train, val, test) < 0:
+        raise ValueError(f"image counts must be >= 0, got train={train}, val={val}, test={test}")
     config = RenderConfig(
         size, min_objects, max_objects, min_scale, max_scale, max_overlap, clutter
     )
     names = DIGIT_NAMES if kind == "digits" else SHAPE_NAMES
     out = Path(out)
     splits = {}
-    for split, count in zip(SPLITS, (train, val), strict=True):
+    counts = dict(zip(SPLITS + OPTIONAL_SPLITS, (train, val, test), strict=True))
+    for split, count in counts.items():
+        if split in OPTIONAL_SPLITS and count == 0:
+            continue  # an empty folder would read as a split with no images
         splits[split] = _write_split(kind, out, split, count, seed, config, names, progress)
     return DatasetInfo(root=out, kind=kind, class_names=names, splits=splits)
 
@@ -170,7 +178,7 @@ def render_image(
 ) -> RenderedImage:
     """Render image ``index`` of ``split``; a pure function of its arguments."""
     if split not in _SPLIT_CODE:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ValueError(f"split must be one of {tuple(_SPLIT_CODE)}, got {split!r}")
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
     if kind == "digits":
         canvas = _textured_background(rng, config)
@@ -342,8 +350,8 @@ def _digit_scans() -> tuple[np.ndarray, np.ndarray]:
 
 def _digit_alpha(rng: np.random.Generator, split: str, side: float) -> tuple[int, np.ndarray]:
     scans, labels = _digit_scans()
-    in_val = np.arange(len(scans)) % _VAL_EVERY == 0
-    pool = np.flatnonzero(in_val if split == "val" else ~in_val)
+    held_out = np.arange(len(scans)) % _VAL_EVERY == 0
+    pool = np.flatnonzero(~held_out if split == "train" else held_out)
     sample = int(pool[rng.integers(len(pool))])
     scan = scans[sample]
     rows = np.flatnonzero(scan.max(axis=1) > 0.2)

@@ -20,14 +20,49 @@ from typing import (
     get_origin,
     get_type_hints,
 )
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from ae_model.options import AEConfig, TrainOptions, consistency_problem
 from api.core.model_refs import model_ref
 
 QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _http_url(value: str) -> str:
+    """``value`` when it is an http(s) URL with a host; ValueError saying what to fix."""
+    parts = urlsplit(value)
+    _ = parts.port  # ValueError for a port that is no number or out of range
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"webhook must be an http:// or https:// URL with a host, e.g. "
+            f"https://example.com/hooks/aetrain; got {value!r}"
+        )
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("webhook must not contain spaces or control characters")
+    return value
+
+
+WebhookUrl = Annotated[
+    str,
+    Field(
+        max_length=2000,
+        description="URL called (POST, signed JSON) on each state change (docs/webhooks.md).",
+    ),
+    AfterValidator(_http_url),
+]
 
 
 class StrictModel(BaseModel):
@@ -152,6 +187,17 @@ class CheckpointStart(StrictModel):
 StartSpec = Annotated[ModelWeightsStart | CheckpointStart, Field(discriminator="source")]
 
 
+class EvaluateSpec(StrictModel):
+    """Which evaluation is the job's result, declared before it trains (docs/comparisons.md)."""
+
+    checkpoint: Literal["last", "best"] = Field(
+        default="last",
+        description="last: the final checkpoint on val. best: the checkpoint with the best val "
+        "AP, evaluated on the dataset's test split (its val AP was used to choose it, so it is "
+        "biased upward); needs a dataset with a test split.",
+    )
+
+
 class JobCreate(StrictModel):
     """A training job: a model (cfg), a dataset, a seed, training overrides and optional AE."""
 
@@ -184,6 +230,12 @@ class JobCreate(StrictModel):
     queue: Annotated[str, Field(pattern=QUEUE_PATTERN)] = "cpu"
     device: str = "auto"
     name: Annotated[str | None, Field(max_length=200)] = None
+    webhook: WebhookUrl | None = None
+    evaluate: EvaluateSpec = Field(
+        default_factory=EvaluateSpec,
+        description="Which checkpoint's evaluation is the job's result (and what comparisons "
+        "compare); default the last on val.",
+    )
 
     @field_validator("model")
     @classmethod
@@ -203,12 +255,60 @@ class ArmSpec(StrictModel):
     """One arm of a comparison: overrides applied to the base job.
 
     ``ae`` given (even as null) replaces the base's AE settings; omitted, the base's are kept.
-    ``train`` entries replace the base's training settings of the same name.
+    ``train`` entries replace the base's training settings of the same name. ``evaluate``
+    is the base's for every arm (arms compare one declared evaluation); an arm may only repeat it.
     """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
     ae: AESpec | None = None
     train: dict[str, Any] = Field(default_factory=dict)
+    evaluate: EvaluateSpec | None = Field(
+        default=None, description="Omit, or repeat the base's: every arm is evaluated alike."
+    )
+
+
+SeedList = Annotated[
+    list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1, max_length=20)
+]
+MAX_ROUND_SEEDS = 100
+"""Most seeds a comparison with seeds until decided may try."""
+
+
+class SeedsUntilDecided(StrictModel):
+    """Seeds in rounds: ``min`` seeds first, then ``round`` more each time every job has ended
+    and the sequential rule has not stopped the comparison, up to ``max`` seeds tried (failed
+    jobs count). Seeds are ``start``, ``start + 1``, ... (docs/comparisons.md)."""
+
+    min: int = Field(ge=2, le=MAX_ROUND_SEEDS, description="Seeds of the first round.")
+    max: int = Field(
+        ge=2, le=MAX_ROUND_SEEDS, description="Most seeds tried, failed jobs' seeds included."
+    )
+    until: Literal["decided"] = Field(
+        default="decided",
+        description="decided: stop once the anytime-valid interval of every arm's AP "
+        "difference excludes 0 or is narrower than target_effect, or at max.",
+    )
+    round: int = Field(
+        default=2, ge=1, le=MAX_ROUND_SEEDS, description="Seeds added by each later round."
+    )
+    start: int = Field(default=0, ge=0, le=2**31 - 1 - MAX_ROUND_SEEDS, description="First seed.")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> Self:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max}) seeds")
+        return self
+
+    def next_round(self, tried: int) -> list[int]:
+        """The seeds of the round after ``tried`` seeds (the first round after 0); none at max."""
+        count = self.min if tried == 0 else min(self.round, self.max - tried)
+        return list(range(self.start + tried, self.start + tried + max(count, 0)))
+
+
+# Which form of ``seeds`` a comparison gives. Pydantic puts a tagged union's tag in an error's
+# location (``seeds.<tag>.0``); the API's 422 leaves these out, so clients read ``seeds.0``.
+SEED_LIST_TAG, SEEDS_UNTIL_TAG = "<seed list>", "<seeds until decided>"
+UNION_TAGS = frozenset({SEED_LIST_TAG, SEEDS_UNTIL_TAG})
 
 
 class ComparisonCreate(StrictModel):
@@ -230,7 +330,17 @@ class ComparisonCreate(StrictModel):
                         {"name": "ae16", "ae": {"layers": {"stride": 16}}},
                     ],
                     "seeds": [0, 1, 2],
-                }
+                },
+                {
+                    "name": "AE at stride 16 vs baseline, seeds until decided",
+                    "base": {"model": "yolov3-tiny-small", "dataset_id": 1},
+                    "arms": [
+                        {"name": "baseline", "ae": None},
+                        {"name": "ae16", "ae": {"layers": {"stride": 16}}},
+                    ],
+                    "seeds": {"min": 4, "max": 30, "until": "decided"},
+                    "target_effect": 0.01,
+                },
             ]
         },
     )
@@ -239,18 +349,38 @@ class ComparisonCreate(StrictModel):
     base: JobCreate
     arms: Annotated[list[ArmSpec], Field(min_length=2, max_length=8)]
     seeds: Annotated[
-        list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1, max_length=20)
-    ] = Field(default_factory=lambda: [0, 1, 2])
+        Annotated[SeedList, Tag(SEED_LIST_TAG)]
+        | Annotated[SeedsUntilDecided, Tag(SEEDS_UNTIL_TAG)],
+        # Errors of the one form given only (a dict is no list: saying so is noise).
+        Discriminator(
+            lambda value: (
+                SEEDS_UNTIL_TAG if isinstance(value, dict | SeedsUntilDecided) else SEED_LIST_TAG
+            )
+        ),
+    ] = Field(
+        default_factory=lambda: [0, 1, 2],
+        description='The seeds, or {"min": 4, "max": 30, "until": "decided"} to add seeds in '
+        "rounds until the AP difference is decided (docs/comparisons.md).",
+    )
+    target_effect: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="The AP difference that matters, as a fraction (0.01 = 1 AP point): the "
+        "result says how many seed pairs would detect it, and seeds until decided stop once "
+        "the interval is narrower than it.",
+    )
     reference: str | None = Field(
         default=None, description="Arm the others are compared to; default the first."
     )
+    webhook: WebhookUrl | None = None
 
     @model_validator(mode="after")
     def _names(self) -> Self:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must be unique, got {names}")
-        if len(set(self.seeds)) != len(self.seeds):
+        if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be unique, got {self.seeds}")
         if self.reference is not None and self.reference not in names:
             raise ValueError(f"reference {self.reference!r} is not an arm; arms are {names}")
@@ -260,13 +390,19 @@ class ComparisonCreate(StrictModel):
     def reference_arm(self) -> str:
         return self.reference or self.arms[0].name
 
-    def job_specs(self) -> list[tuple[str, int, dict[str, Any]]]:
-        """``(arm, seed, job spec)`` for every run, seed by seed so pairs finish together.
+    @property
+    def first_seeds(self) -> list[int]:
+        """The seeds trained from the start: all of them, or the first round's."""
+        return self.seeds.next_round(0) if isinstance(self.seeds, SeedsUntilDecided) else self.seeds
+
+    def job_specs(self, seeds: list[int] | None = None) -> list[tuple[str, int, dict[str, Any]]]:
+        """``(arm, seed, job spec)`` for every run of ``seeds`` (default ``first_seeds``), seed
+        by seed so pairs finish together.
 
         The specs are plain dicts; validate each with ``JobCreate.model_validate``.
         """
         runs = []
-        for seed in self.seeds:
+        for seed in self.first_seeds if seeds is None else seeds:
             for arm in self.arms:
                 spec = self.base.model_dump(mode="json")
                 spec["seed"] = seed

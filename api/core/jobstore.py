@@ -9,14 +9,22 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from api.core.db.models import Checkpoint, Job, JobEvent, JobState, Metric, utcnow
+from api.core.db.session import dialect_insert
+from api.core.webhooks import job_changed
 
 
 def add_event(session: Session, job_id: int, state: str, message: str = "") -> None:
     session.add(JobEvent(job_id=job_id, state=state, message=message))
+
+
+def add_transition(session: Session, job_id: int, state: JobState, message: str = "") -> None:
+    """Record, uncommitted, that the job entered ``state``: its event, and the webhook
+    deliveries the change calls for (``api.core.webhooks``), in the same transaction."""
+    add_event(session, job_id, state, message)
+    job_changed(session, job_id, state, message)
 
 
 def claim_job(session: Session, job_id: int, worker: str) -> bool:
@@ -40,7 +48,7 @@ def claim_job(session: Session, job_id: int, worker: str) -> bool:
     )
     claimed = result.rowcount == 1  # type: ignore[attr-defined]
     if claimed:
-        add_event(session, job_id, JobState.running, f"claimed by {worker}")
+        add_transition(session, job_id, JobState.running, f"claimed by {worker}")
     session.commit()
     return claimed
 
@@ -72,7 +80,7 @@ def finish_job(
     if finished.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         return False
-    add_event(session, job_id, state, message or failure_reason or "")
+    add_transition(session, job_id, state, message or failure_reason or "")
     session.commit()
     return True
 
@@ -99,9 +107,9 @@ def insert_metrics(session: Session, job_id: int, rows: Sequence[MetricRow]) -> 
         {"job_id": job_id, "key": k, "step": s, "epoch": e, "value": v, "at": at}
         for k, s, e, v, at in rows
     ]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(Metric).on_conflict_do_nothing(index_elements=["job_id", "key", "step"])
+    statement = dialect_insert(session)(Metric).on_conflict_do_nothing(
+        index_elements=["job_id", "key", "step"]
+    )
     session.execute(statement, values)
     session.commit()
 
@@ -186,7 +194,7 @@ def reap_stale_jobs(
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             session.rollback()  # it sent a heartbeat meanwhile, or another reaper took it
             continue
-        add_event(session, job.id, state, message)
+        add_transition(session, job.id, state, message)
         if state == JobState.queued:
             try:
                 send(job)
@@ -291,7 +299,7 @@ def request_cancel(session: Session, job_id: int) -> JobState:
         .values(state=JobState.cancelled, finished_at=utcnow(), cancel_requested=True)
     )
     if cancelled.rowcount == 1:  # type: ignore[attr-defined]
-        add_event(session, job_id, JobState.cancelled, "cancelled before it started")
+        add_transition(session, job_id, JobState.cancelled, "cancelled before it started")
         session.commit()
         return JobState.cancelled
     session.execute(

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.core.artifacts import parse_s3_url
+
 
 class Settings(BaseSettings):
     """aetrain's configuration; every field can be set as ``AETRAIN_<NAME>``."""
@@ -50,6 +52,16 @@ class Settings(BaseSettings):
     # task for, lost its message (Redis restarted without persistence): the reaper sends it
     # again. A copy sent anyway is harmless: the claim trains a job once.
     requeue_queued_after_s: float = Field(default=300.0, gt=0)
+    # Webhooks (docs/webhooks.md): the API's dispatcher looks for due deliveries this often,
+    # waits this long for a receiver's answer, makes this many attempts, and waits
+    # webhook_backoff_s x 4^(n-1) after the n-th failed one.
+    webhook_interval_s: float = Field(default=1.0, gt=0)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=10.0, gt=0)
+    # Whether webhooks may call loopback, private and link-local addresses. Off, a tenant
+    # cannot make the service POST into its own network; on for a receiver on this machine.
+    webhook_allow_private: bool = False
     # Torch threads of each job a worker trains; unset: torch's default (every core). A worker
     # started by `aetrain worker --concurrency N` or `aetrain serve` gets cores / N, so jobs
     # side by side do not oversubscribe the cores (two 2-thread jobs on 2 cores ran ~10x slower).
@@ -98,15 +110,34 @@ class Settings(BaseSettings):
     # Per tenant and API process: heavy requests (dataset upload or generation, cfg upload)
     # at once; more answer 429, so one tenant's burst cannot hold every heavy thread.
     max_heavy_per_tenant: int = Field(default=2, gt=0)
+    # Where checkpoints, datasets and start weights live (docs/artifacts.md): unset, the
+    # directory artifacts_dir that every worker and API replica mounts; s3://bucket/prefix, an
+    # S3-compatible store reached with boto3's AWS_ENDPOINT_URL and AWS_* credentials.
+    artifacts_url: str | None = Field(default=None)
+    # The endpoint in the presigned download URLs the API answers with, when API clients reach
+    # the store at another address than the API does (docker-compose: localhost vs minio).
+    artifacts_public_endpoint: str | None = Field(default=None)
 
     @field_validator("home")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("artifacts_url")
+    @classmethod
+    def _check_artifacts_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_s3_url(value)  # refused at start, saying how to write it
+        return value or None
+
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def cache_dir(self) -> Path:
+        """A worker's copies of what it read from a remote artifact store."""
+        return self.home / "cache"
 
     @property
     def broker_dir(self) -> Path:

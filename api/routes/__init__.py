@@ -10,6 +10,7 @@ from fastapi import Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.core.job_spec import UNION_TAGS
 from api.services.errors import (
     Conflict,
     Invalid,
@@ -43,7 +44,11 @@ def _printable(text: str) -> str:
 
 
 def _field_error(error: dict[str, Any]) -> dict[str, Any]:
-    loc = [part if isinstance(part, int) else _printable(str(part)) for part in error["loc"]]
+    loc = [
+        part if isinstance(part, int) else _printable(str(part))
+        for part in error["loc"]
+        if part not in UNION_TAGS
+    ]
     return {"type": error["type"], "loc": loc, "msg": _printable(str(error["msg"]))}
 
 

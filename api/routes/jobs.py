@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.core.db.models import MAX_ROW_ID, TERMINAL_STATES, Job, JobState
@@ -30,7 +30,11 @@ from api.services import jobs
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=UNAUTHORIZED)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job of this tenant."}}
 
-CHECKPOINT_FORMATS = {"pt": "application/octet-stream", "weights": "application/octet-stream"}
+CHECKPOINT_FORMATS = {
+    "pt": "application/octet-stream",
+    "weights": "application/octet-stream",
+    "onnx": "application/octet-stream",
+}
 SSE_POLL_SECONDS = 0.5
 # A metrics event's id is its last metric row's id, a PostgreSQL bigint.
 MAX_METRIC_ID = 2**63 - 1
@@ -238,6 +242,8 @@ def list_checkpoints(
     responses={
         200: {"content": {"application/octet-stream": {}}},
         404: {"description": "No such job of this tenant, or no such checkpoint yet."},
+        307: {"description": "The file in the S3 artifact store: a presigned URL to fetch it."},
+        409: {"description": "format=onnx of a job still training: written when it ends."},
     },
 )
 def download_checkpoint(
@@ -247,11 +253,19 @@ def download_checkpoint(
     tenant_id: TenantDep,
     settings: SettingsDep,
     format: Annotated[
-        str, Query(pattern="^(pt|weights)$", description="pt or darknet weights")
+        str,
+        Query(
+            pattern="^(pt|weights|onnx)$",
+            description="pt, darknet weights, or onnx (written when the job's training ends)",
+        ),
     ] = "pt",
-) -> FileResponse:
-    """``last`` or ``best`` as a PyTorch checkpoint (``pt``) or darknet ``.weights``."""
-    path = jobs.checkpoint_path(session, tenant_id, settings, job_id, name, format)
+) -> Response:
+    """``last`` or ``best`` as a PyTorch checkpoint (``pt``), darknet ``.weights`` or ONNX
+    (opset 18, the eval-mode network with decoded boxes, dynamic batch; docs/api.md). With
+    an S3 artifact store, a redirect to a presigned URL of the file (docs/artifacts.md)."""
+    target = jobs.checkpoint_path(session, tenant_id, settings, job_id, name, format)
+    if isinstance(target, str):
+        return RedirectResponse(target, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
     return FileResponse(
-        path, media_type=CHECKPOINT_FORMATS[format], filename=f"job{job_id}-{name}.{format}"
+        target, media_type=CHECKPOINT_FORMATS[format], filename=f"job{job_id}-{name}.{format}"
     )

@@ -12,6 +12,6 @@ router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=UNAUTHORIZED)
 
 @router.get("", response_model=UsagePublic, summary="Stored bytes and quota")
 def read_usage(session: SessionDep, tenant_id: TenantDep, settings: SettingsDep) -> UsagePublic:
-    """Bytes the tenant's datasets and jobs take on the artifact store, counted now, and the
-    quota new datasets are checked against."""
+    """Bytes the tenant's datasets, models' start weights and jobs' checkpoints take on the
+    artifact store, and the quota new datasets are checked against."""
     return usage.tenant_usage(session, tenant_id, settings)

@@ -49,6 +49,11 @@ class DatasetPublic(BaseModel):
     class_names: list[str] = Field(description="Class index i is class_names[i].")
     num_train: int = Field(description="Images in the train split.")
     num_val: int = Field(description="Images in the val split.")
+    num_test: int = Field(
+        default=0,
+        description="Images in the test split; 0: none. A job may evaluate its best "
+        'checkpoint (`"evaluate": {"checkpoint": "best"}`) only with one.',
+    )
     report: DatasetReport
     created_at: UtcDatetime
 
@@ -77,6 +82,7 @@ class DatasetGenerate(BaseModel):
                     "kind": "shapes",
                     "train": 64,
                     "val": 16,
+                    "test": 16,
                     "size": 160,
                     "seed": 7,
                     "name": "shapes-smoke",
@@ -95,6 +101,13 @@ class DatasetGenerate(BaseModel):
     )
     train: int = Field(default=500, ge=1, le=MAX_GENERATED_IMAGES, description="Train images.")
     val: int = Field(default=100, ge=1, le=MAX_GENERATED_IMAGES, description="Val images.")
+    test: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_GENERATED_IMAGES,
+        description="Test images, held out from training and from choosing a checkpoint; "
+        "0: no test split.",
+    )
     size: int = Field(default=256, ge=64, le=1024, description="Image side in pixels.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     name: Name | None = None
@@ -109,9 +122,11 @@ class DatasetGenerate(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        images = self.train + self.val
+        images = self.train + self.val + self.test
         if images > MAX_GENERATED_IMAGES:
-            raise ValueError(f"train + val = {images}: at most {MAX_GENERATED_IMAGES} images")
+            raise ValueError(
+                f"train + val + test = {images}: at most {MAX_GENERATED_IMAGES} images"
+            )
         if images * self.size**2 > MAX_GENERATED_PIXELS:
             raise ValueError(
                 f"{images} images of {self.size} px are too many pixels to render in a request "

@@ -1,6 +1,7 @@
 """Comparisons: creating arms x seeds of jobs, and their progress, paired statistics and plot."""
 
 import io
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any, cast
@@ -10,8 +11,14 @@ from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ae_model.compare import ArmResult, format_table, plot_comparison, summarize
+from ae_model.compare import format_table, plot_comparison, summarize
 from ae_model.resolve import ResolvedTraining
+from api.core.comparison_rounds import (
+    PRIMARY_METRIC,
+    arm_confidence,
+    arm_results,
+    sequential_decisions,
+)
 from api.core.db.models import (
     MAX_ROW_ID,
     Comparison,
@@ -22,12 +29,12 @@ from api.core.db.models import (
     ModelConfig,
     utcnow,
 )
-from api.core.job_spec import ComparisonCreate, JobCreate
+from api.core.job_spec import ComparisonCreate, JobCreate, SeedsUntilDecided
 from api.core.model_refs import model_ref
 from api.core.settings import Settings
 from api.schemas.common import Page
-from api.schemas.comparisons import ComparisonJob, ComparisonPublic
-from api.services.errors import Invalid, NotFound
+from api.schemas.comparisons import ComparisonJob, ComparisonPublic, Sequential, SequentialArm
+from api.services.errors import Invalid, NotFound, invalid_field
 from api.services.jobs import (
     add_job,
     check_active_jobs,
@@ -57,14 +64,6 @@ def _jobs(session: Session, comparison_id: int) -> list[Job]:
     )
 
 
-def _arm_results(spec: ComparisonCreate, jobs: list[Job]) -> list[ArmResult]:
-    per_arm: dict[str, dict[int, dict[str, float]]] = {arm.name: {} for arm in spec.arms}
-    for job in jobs:
-        if job.state == JobState.succeeded and job.result and job.arm in per_arm:
-            per_arm[job.arm][job.seed or 0] = job.result
-    return [ArmResult(name=name, per_seed=seeds) for name, seeds in per_arm.items()]
-
-
 def _public(session: Session, row: Comparison) -> ComparisonPublic:
     spec = ComparisonCreate.model_validate(row.spec)
     jobs = _jobs(session, row.id)
@@ -84,15 +83,66 @@ def _public(session: Session, row: Comparison) -> ComparisonPublic:
         for warning in (job.resolved or {}).get("warnings", [])
     }
     summary = table = None
+    sequential = _sequential(spec, jobs)
     if states.get(JobState.succeeded, 0):
-        result = summarize(_arm_results(spec, jobs), reference=spec.reference_arm)
+        result = summarize(
+            arm_results(spec, jobs), reference=spec.reference_arm,
+            target_effect=spec.target_effect,
+        )  # fmt: skip
         summary, table = result.to_dict(), format_table(result)
+        if spec.base.evaluate.checkpoint == "best":  # the jobs' results are what they declared
+            table = f"Compared: each job's best checkpoint (by val AP) on test.\n\n{table}"
+        # A seed that did not control what it claims voids the pairing: say so beside failures.
+        if result.seed_control is not None:
+            notes.extend(f"seed control: {m}" for m in result.seed_control.mismatches)
+        if sequential is not None:
+            table += "\n\n" + _sequential_lines(sequential)
+    if row.stop_reason:
+        notes.append(f"{row.status}: {row.stop_reason}")
     return ComparisonPublic(
         id=row.id, name=row.name, spec=row.spec, reference=spec.reference_arm,
-        created_at=row.created_at, progress=progress,
+        created_at=row.created_at, status=row.status, rounds=row.rounds,
+        stop_reason=row.stop_reason, decided_at=row.decided_at, progress=progress,
         jobs=[ComparisonJob.model_validate(job, from_attributes=True) for job in jobs],
-        summary=summary, table=table, notes=notes, warnings=sorted(warnings),
+        summary=summary, table=table, sequential=sequential, notes=notes,
+        warnings=sorted(warnings),
     )  # fmt: skip
+
+
+def _sequential(spec: ComparisonCreate, jobs: list[Job]) -> Sequential | None:
+    """The stopping rule's interval per arm, for seeds until decided (None for fixed seeds)."""
+    if not isinstance(spec.seeds, SeedsUntilDecided):
+        return None
+    decisions = sequential_decisions(spec, spec.seeds, jobs)
+    arms = {
+        arm: SequentialArm(
+            n=d.n,
+            stop=d.stop,
+            reason=d.reason,
+            interval=(_finite(d.interval[0]), _finite(d.interval[1])),
+        )
+        for arm, d in decisions.items()
+    }
+    return Sequential(metric=PRIMARY_METRIC, confidence=arm_confidence(spec), arms=arms)
+
+
+def _finite(bound: float) -> float | None:
+    return bound if math.isfinite(bound) else None
+
+
+def _sequential_lines(sequential: Sequential) -> str:
+    """The table's lines for the stopping rule's intervals, in AP points like the table."""
+    lines = [
+        f"Anytime-valid {sequential.confidence * 100:g}% confidence sequence of the "
+        f"{sequential.metric} difference (the stopping rule; wider than the t-interval):"
+    ]
+    for arm, state in sequential.arms.items():
+        low, high = (
+            "-inf" if state.interval[0] is None else f"{state.interval[0] * 100:+.2f}",
+            "+inf" if state.interval[1] is None else f"{state.interval[1] * 100:+.2f}",
+        )
+        lines.append(f"  {arm}: [{low}, {high}] over {state.n} pairs")
+    return "\n".join(lines)
 
 
 def _check_arm(
@@ -146,6 +196,7 @@ def create_comparison(
 ) -> ComparisonPublic:
     """One job per arm and seed, each checked as a single job is; nothing is created unless
     all pass (Invalid, OverLimit), and Unavailable when their tasks cannot be sent."""
+    _check_evaluate(body)
     runs = []
     resolved: dict[str, ResolvedTraining] = {}
     for index, (arm, seed, spec) in enumerate(body.job_specs()):
@@ -153,6 +204,7 @@ def create_comparison(
         if index < len(body.arms):  # each arm's spec checked once; seeds do not change it
             resolved[arm] = _check_arm(session, tenant_id, body, index, job_spec, settings)
         runs.append((arm, seed, job_spec))
+    _check_round_size(body, settings)
     check_active_jobs(session, tenant_id, settings, len(runs))
     row = Comparison(tenant_id=tenant_id, name=body.name, spec=body.model_dump(mode="json"))
     session.add(row)
@@ -168,6 +220,34 @@ def create_comparison(
     session.commit()
     enqueue(celery, session, created)
     return _public(session, row)
+
+
+def _check_evaluate(body: ComparisonCreate) -> None:
+    """Invalid when an arm declares another evaluation than the base: arms are compared on
+    one declared evaluation (the base's)."""
+    declared = body.base.evaluate
+    for index, arm in enumerate(body.arms):
+        if arm.evaluate is not None and arm.evaluate != declared:
+            raise invalid_field(
+                ["arms", index, "evaluate", "checkpoint"],
+                f"arm {arm.name} evaluates its {arm.evaluate.checkpoint} checkpoint and the base "
+                f"its {declared.checkpoint}: every arm of a comparison is evaluated alike; set "
+                "evaluate in base only",
+            )
+
+
+def _check_round_size(body: ComparisonCreate, settings: Settings) -> None:
+    """Invalid when a later round of seeds could never start under the active-jobs limit."""
+    if not isinstance(body.seeds, SeedsUntilDecided):
+        return
+    jobs = min(body.seeds.round, body.seeds.max - body.seeds.min) * len(body.arms)
+    if jobs > settings.max_active_jobs:
+        raise invalid_field(
+            ["seeds", "round"],
+            f"a round of {body.seeds.round} seeds x {len(body.arms)} arms is {jobs} jobs, more "
+            f"than the {settings.max_active_jobs} you may have queued or running at once: "
+            "add fewer seeds per round",
+        )
 
 
 def list_comparisons(
@@ -233,7 +313,10 @@ def plot_png(sessions: sessionmaker[Session], tenant_id: int, comparison_id: int
         row = _get(session, tenant_id, comparison_id)
         spec = ComparisonCreate.model_validate(row.spec)
         jobs = _jobs(session, row.id)
-        summary = summarize(_arm_results(spec, jobs), reference=spec.reference_arm)
+        summary = summarize(
+            arm_results(spec, jobs), reference=spec.reference_arm,
+            target_effect=spec.target_effect,
+        )  # fmt: skip
         curves = _curves(session, jobs)
         setting = _setting(session, tenant_id, spec)
     buffer = io.BytesIO()

@@ -1,14 +1,15 @@
-"""Datasets: uploaded as a zip and validated, or generated; stored under the artifact directory.
+"""Datasets: uploaded as a zip and validated, or generated; stored in the artifact store.
 
 A dataset is all or nothing: it is extracted and checked in a staging folder, and only a clean
-one (warnings allowed) becomes a row and ``artifacts/datasets/<id>/``. A rejected upload
+one (warnings allowed) becomes a row and ``datasets/<id>/`` in the artifact store (the folder
+``artifacts/datasets/<id>/``, or objects of an S3 store). A rejected upload
 leaves neither behind. Uploading and generating take a sessionmaker: the extraction, checks
 and rendering hold no database session, only the short publishing step does (``api.heavy``).
 """
 
 import shutil
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from sqlalchemy import delete, func, select
@@ -16,14 +17,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.data.archive import ArchiveLimits, DatasetError, extract_zip, find_dataset_root
 from ae_model.data.check import check_dataset
+from ae_model.data.layout import dataset_splits
 from ae_model.data.synthetic import generate_dataset
+from api.core.artifacts import open_store
 from api.core.db.models import MAX_ROW_ID, Dataset
 from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.datasets import DatasetGenerate, DatasetPublic, DatasetReport, SplitCounts
 from api.services.errors import Invalid, NotFound
 from api.services.jobs import refuse_while_in_use
-from api.services.usage import check_quota, dataset_folder, folder_bytes
+from api.services.usage import check_quota, folder_bytes
 
 
 class DatasetHasErrors(Invalid):
@@ -68,18 +71,19 @@ def _publish(
     folder inside ``staging``. Committed only once the row reads back as the JSON every later
     request sends; on any failure neither the row nor the folder remains. OverQuota when it
     would pass the tenant's storage quota."""
-    check_quota(session, row.tenant_id, settings, folder_bytes(staging))
-    final: Path | None = None
+    row.size = folder_bytes(staging)
+    check_quota(session, row.tenant_id, settings, row.size)
+    store = open_store(settings)
+    key: str | None = None
     try:
         session.add(row)
         session.flush()
-        final = _datasets_dir(settings) / str(row.id)
-        if final.exists():  # left by a crash before an id was reused; no row owns it
-            shutil.rmtree(final)
-        staging.rename(final)
-        folder = final / root.relative_to(staging)
-        # Relative to the artifact root: a worker finds it under its own mount of that root.
-        row.path = folder.relative_to(settings.artifacts_dir).as_posix()
+        key = f"datasets/{row.id}"
+        # Replaces what a crash before an id was reused left there (no row owns it).
+        store.put_tree(key, staging)
+        # The key in the store, relative to the artifact root: a worker reads it under its own
+        # mount of that root, or fetches it from an S3 store into its cache.
+        row.path = PurePosixPath(key, root.relative_to(staging).as_posix()).as_posix()
         session.flush()
         public = DatasetPublic.model_validate(row)
         # A row that GET /v1/datasets could not send would break the tenant's listing for good.
@@ -87,8 +91,8 @@ def _publish(
         session.commit()
     except BaseException:
         session.rollback()
-        if final is not None:
-            shutil.rmtree(final, ignore_errors=True)
+        if key is not None:
+            store.delete(key)
         raise
     return public
 
@@ -112,7 +116,9 @@ def upload_dataset(
         except DatasetError as error:
             raise Invalid(str(error)) from None
         root = find_dataset_root(staging)
-        report = check_dataset(root, display_root=staging, max_classes=settings.max_classes)
+        report = check_dataset(
+            root, dataset_splits(root), display_root=staging, max_classes=settings.max_classes
+        )
         public_report = DatasetReport.model_validate(report.as_dict())
         if not report.ok:
             raise DatasetHasErrors(
@@ -129,6 +135,7 @@ def upload_dataset(
             class_names=report.class_names,
             num_train=counts["train"].images,
             num_val=counts["val"].images,
+            num_test=counts["test"].images if "test" in counts else 0,
             report=public_report.model_dump(mode="json"),
         )
         with sessions() as session:
@@ -149,6 +156,7 @@ def generate(
                 staging,
                 train=spec.train,
                 val=spec.val,
+                test=spec.test,
                 size=spec.size,
                 seed=spec.seed,
                 min_objects=spec.min_objects,
@@ -165,7 +173,8 @@ def generate(
             },
             generator=spec.model_dump(exclude={"name"}),
         )
-        default_name = f"{spec.kind}-{spec.train}+{spec.val}-{spec.size}px-seed{spec.seed}"
+        images = "+".join(str(n) for n in (spec.train, spec.val, spec.test) if n)
+        default_name = f"{spec.kind}-{images}-{spec.size}px-seed{spec.seed}"
         row = Dataset(
             tenant_id=tenant_id,
             name=spec.name or default_name,
@@ -174,6 +183,7 @@ def generate(
             class_names=list(info.class_names),
             num_train=info.splits["train"].num_images,
             num_val=info.splits["val"].num_images,
+            num_test=info.splits["test"].num_images if "test" in info.splits else 0,
             report=report.model_dump(mode="json"),
         )
         with sessions() as session:
@@ -207,4 +217,4 @@ def delete_dataset(session: Session, tenant_id: int, settings: Settings, dataset
     refuse_while_in_use(session, tenant_id, "dataset_id", dataset_id, f"dataset {dataset_id}")
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
     session.commit()
-    shutil.rmtree(dataset_folder(settings, dataset_id), ignore_errors=True)
+    open_store(settings).delete(f"datasets/{dataset_id}")

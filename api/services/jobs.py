@@ -2,7 +2,6 @@
 submitting, listing, cancelling, deleting, and reading a job's log, new metrics and
 checkpoints."""
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from ae_model.cfg import CfgError, DarknetConfig
 from ae_model.resolve import JobSettingsError, ResolvedTraining, resolve_training
 from api.budget import parameters_over_budget, training_step_memory
 from api.core import jobstore as job_ops
+from api.core.artifacts import open_store
 from api.core.broker import send_train_task
 from api.core.db.models import (
     MAX_ROW_ID,
@@ -91,8 +91,9 @@ def check_job_spec(
     session: Session, tenant_id: int, body: JobCreate, settings: Settings
 ) -> ResolvedTraining:
     """The job resolved against its cfg and dataset, as the Trainer will train it; Invalid
-    unless the dataset is the tenant's and ready, the model exists, the Trainer can run the
-    settings, and the network fits this server's budgets."""
+    unless the dataset is the tenant's and ready (with a test split for a job evaluating its
+    best checkpoint), the model exists, the Trainer can run the settings, and the network fits
+    this server's budgets."""
     dataset = session.scalar(
         select(Dataset).where(Dataset.id == body.dataset_id, Dataset.tenant_id == tenant_id)
     )
@@ -100,6 +101,14 @@ def check_job_spec(
         raise invalid_field(["dataset_id"], f"no dataset {body.dataset_id}; see GET /v1/datasets")
     if dataset.status != "ready":
         raise invalid_field(["dataset_id"], f"dataset {dataset.id} is {dataset.status}, not ready")
+    if body.evaluate.checkpoint == "best" and not dataset.num_test:
+        # Its val AP chose the best checkpoint and is biased upward: only test images are fair.
+        raise invalid_field(
+            ["evaluate", "checkpoint"],
+            f"the best checkpoint is chosen on val and must be evaluated on a test split, and "
+            f'dataset {dataset.id} has none: generate a dataset with "test": N images or '
+            "upload one with a test split (docs/data.md), or evaluate the last checkpoint",
+        )
     cfg = _model_cfg(session, tenant_id, body.model)
     try:
         resolved = resolve_training(
@@ -156,7 +165,7 @@ def add_job(session: Session, job: Job, resolved: ResolvedTraining, message: str
     job.max_batches = resolved.max_batches
     session.add(job)
     session.flush()
-    job_ops.add_event(session, job.id, JobState.queued, message)
+    job_ops.add_transition(session, job.id, JobState.queued, message)
     for note in resolved.notes:
         job_ops.add_event(session, job.id, JobState.queued, f"note: {note}")
     for warning in resolved.warnings:
@@ -241,11 +250,6 @@ def cancel_job(session: Session, tenant_id: int, job_id: int) -> JobPublic:
     return JobPublic.model_validate(job)
 
 
-def job_folder(settings: Settings, job_id: int) -> Path:
-    """The job's artifact folder (checkpoints, .weights, results)."""
-    return settings.artifacts_dir / "jobs" / str(job_id)
-
-
 def delete_job_rows(session: Session, doomed: Sequence[Job]) -> None:
     """Delete the rows of finished jobs, with their metrics, events and checkpoints (the
     foreign keys cascade), uncommitted; Conflict, deleting nothing, while any of them is
@@ -266,9 +270,11 @@ def delete_job_rows(session: Session, doomed: Sequence[Job]) -> None:
 
 
 def remove_job_folders(settings: Settings, job_ids: Sequence[int]) -> None:
-    """Remove the artifact folders of deleted jobs; a folder already gone is fine."""
+    """Remove the artifact folders of deleted jobs (``jobs/<id>`` in the artifact store:
+    checkpoints, .weights, .onnx, results); a folder already gone is fine."""
+    store = open_store(settings)
     for job_id in job_ids:
-        shutil.rmtree(job_folder(settings, job_id), ignore_errors=True)
+        store.delete(f"jobs/{job_id}")
 
 
 def delete_job(session: Session, tenant_id: int, settings: Settings, job_id: int) -> None:
@@ -358,14 +364,42 @@ def list_checkpoints(session: Session, tenant_id: int, job_id: int) -> Page[Chec
 
 def checkpoint_path(
     session: Session, tenant_id: int, settings: Settings, job_id: int, name: str, fmt: str
-) -> Path:
-    """The file of the job's checkpoint ``name`` in format ``fmt``; NotFound while there is
-    none. Rows hold paths relative to the artifact root, found under this server's."""
-    get_job(session, tenant_id, job_id)
+) -> Path | str:
+    """Where to get the job's checkpoint ``name`` in format ``fmt``: the file to stream (the
+    local store) or a presigned URL to redirect to (an S3 store); NotFound while there is
+    none. Rows hold paths relative to the artifact root: the files' keys in the store."""
+    job = get_job(session, tenant_id, job_id)
     row = session.scalar(
         select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == f"{name}.{fmt}")
     )
-    path = settings.artifacts_dir / row.path if row is not None else None
-    if path is None or not path.is_file():
+    filename = f"job{job_id}-{name}.{fmt}"
+    target = _download(settings, row.path, filename) if row is not None else None
+    if target is None:
+        if fmt == "onnx":
+            raise _no_onnx_yet(job, name)
         raise NotFound(f"job {job_id} has no checkpoint {name}.{fmt}")
-    return path
+    return target
+
+
+def _download(settings: Settings, key: str, filename: str) -> Path | str | None:
+    """The store's file ``key`` for a client, as ``filename``; None when it is not there."""
+    try:
+        return open_store(settings).download(key, filename)
+    except FileNotFoundError:
+        return None
+
+
+def _no_onnx_yet(job: Job, name: str) -> Conflict | NotFound:
+    """Why checkpoint ``name`` of ``job`` has no ONNX file, and when it will: the worker
+    exports ``last`` and ``best`` once training ends (an export takes seconds)."""
+    when = "ONNX files are written for last and best when a job's training ends"
+    if job.state not in TERMINAL_STATES:
+        return Conflict(
+            f"job {job.id} is {job.state}: its {name}.onnx does not exist yet; {when}. "
+            f"Download format=pt or format=weights now, or this once the job has ended"
+        )
+    return NotFound(
+        f"job {job.id} has no {name}.onnx; {when} without an error (GET /v1/jobs/{job.id}/log "
+        "says why there is none). Convert its .pt with "
+        "`aetrain export CHECKPOINT.pt --format onnx`"
+    )

@@ -9,7 +9,6 @@ from version 0.2 on, else uint32), then per [convolutional] layer its float32 va
 """
 
 import hashlib
-import shutil
 import struct
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import IO, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.cfg import CfgError, ConvolutionalSection, DarknetConfig, parse_cfg
+from api.core.artifacts import open_store
 from api.core.db.models import ModelConfig, utcnow
 from api.core.model_refs import ModelNotFoundError, resolve_model
 from api.core.settings import Settings
@@ -150,8 +150,9 @@ def upload_weights(
     record = _checked(config, model_id, file, filename or "the file", cutoff)
     folder = model_folder(settings, model_id)
     folder.mkdir(parents=True, exist_ok=True)
-    # Beside the models' folders, so the quota does not count it and publishing is a rename.
+    # Beside the models' folders, so the quota does not count it.
     staging = folder.parent / f".staging-{uuid.uuid4().hex}"
+    key = f"models/{model_id}/{WEIGHTS_FILE}"  # its path relative to the artifact root
     try:
         record["sha256"] = _copy(file, staging)
         with sessions() as session:
@@ -160,8 +161,8 @@ def upload_weights(
             if stored is None:
                 raise NotFound(f"model {model_id} was deleted during the upload")
             record["created_at"] = utcnow().isoformat()
-            record["path"] = str((folder / WEIGHTS_FILE).relative_to(settings.artifacts_dir))
-            staging.replace(folder / WEIGHTS_FILE)  # atomic: a job never reads half a file
+            record["path"] = key
+            open_store(settings).put_file(key, staging)  # whole: a job never reads half a file
             stored.weights = record
             session.commit()
     finally:
@@ -171,4 +172,4 @@ def upload_weights(
 
 def remove_model_folder(settings: Settings, model_id: int) -> None:
     """Remove a deleted model's folder (its weights); already gone is fine."""
-    shutil.rmtree(model_folder(settings, model_id), ignore_errors=True)
+    open_store(settings).delete(f"models/{model_id}")

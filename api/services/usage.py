@@ -4,14 +4,14 @@ checkpoints), against its quota ``AETRAIN_MAX_TENANT_BYTES``."""
 import os
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.core.db.models import Dataset, Job, ModelConfig
+from api.core.artifacts import open_store
+from api.core.db.models import Checkpoint, Dataset, Job, ModelConfig
 from api.core.settings import Settings
 from api.schemas.usage import UsagePublic
 from api.services.errors import OverQuota
-from api.services.jobs import job_folder
 
 
 def folder_bytes(folder: Path) -> int:
@@ -26,24 +26,33 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def dataset_folder(settings: Settings, dataset_id: int) -> Path:
-    """The dataset's folder on the artifact store, which the API made and owns."""
-    return settings.artifacts_dir / "datasets" / str(dataset_id)
-
-
 def model_folder(settings: Settings, model_id: int) -> Path:
     """An uploaded model's folder on the artifact store (its start weights)."""
     return settings.artifacts_dir / "models" / str(model_id)
 
 
 def tenant_usage(session: Session, tenant_id: int, settings: Settings) -> UsagePublic:
-    """The bytes the tenant's datasets, models' and jobs' folders take now, counted on disk."""
-    datasets = session.scalars(select(Dataset.id).where(Dataset.tenant_id == tenant_id))
-    models = session.scalars(select(ModelConfig.id).where(ModelConfig.tenant_id == tenant_id))
-    jobs = session.scalars(select(Job.id).where(Job.tenant_id == tenant_id))
-    dataset_bytes = sum(folder_bytes(dataset_folder(settings, i)) for i in datasets)
-    model_bytes = sum(folder_bytes(model_folder(settings, i)) for i in models)
-    job_bytes = sum(folder_bytes(job_folder(settings, i)) for i in jobs)
+    """The bytes the tenant stores now, as their rows recorded them when written (no walk of
+    the artifact store): its datasets, its models' start weights and its jobs' checkpoint
+    files; datasets stored before sizes were recorded are counted on the store."""
+    datasets = session.execute(
+        select(Dataset.id, Dataset.size).where(Dataset.tenant_id == tenant_id)
+    ).all()
+    unrecorded = [i for i, size in datasets if size is None]
+    store = open_store(settings) if unrecorded else None
+    dataset_bytes = sum(size for _, size in datasets if size is not None) + sum(
+        store.size(f"datasets/{i}") for i in unrecorded if store is not None
+    )
+    weights = session.scalars(select(ModelConfig.weights).where(ModelConfig.tenant_id == tenant_id))
+    model_bytes = sum(int(record["size"]) for record in weights if record)
+    job_bytes = int(
+        session.scalar(
+            select(func.coalesce(func.sum(Checkpoint.size), 0))
+            .join(Job, Job.id == Checkpoint.job_id)
+            .where(Job.tenant_id == tenant_id)
+        )
+        or 0
+    )
     return UsagePublic(
         stored_bytes=dataset_bytes + model_bytes + job_bytes,
         dataset_bytes=dataset_bytes,

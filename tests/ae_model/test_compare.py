@@ -24,7 +24,8 @@ from ae_model.compare import (
     plot_comparison,
     summarize,
 )
-from ae_model.compare.plot import _rolling_mean, _title
+from ae_model.compare.plot import _plot_interval_sequence, _rolling_mean, _title
+from ae_model.compare.stats import confidence_sequence
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -407,3 +408,27 @@ def test_format_table_prints_every_seeds_values_and_paired_differences() -> None
                                         "+2.0", "/", "-1.0"]  # fmt: skip
     assert lines[start + 3].split() == ["1", "25.0", "/", "55.0", "24.0", "/", "58.0",
                                         "-1.0", "/", "+3.0"]  # fmt: skip
+
+
+def test_the_interval_sequence_panel_draws_each_pairs_intervals() -> None:
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(3)
+    base = {seed: 0.3 + rng.normal(0, 0.01) for seed in range(8)}
+    gain = {seed: v + 0.02 + rng.normal(0, 0.01) for seed, v in base.items()}
+    summary = summarize([arm("baseline", base), arm("AE", gain)], "baseline")
+    ax = Figure().add_subplot()
+    _plot_interval_sequence(ax, summary)
+
+    points = 100 * np.array([gain[s] - base[s] for s in range(8)])
+    mean, lower, upper = (line.get_ydata() for line in ax.get_lines()[1:4])  # [0]: the zero line
+    assert np.allclose(mean, [points[:k].mean() for k in range(2, 9)])
+    half = stats.t.ppf(0.975, 7) * points.std(ddof=1) / np.sqrt(8)
+    assert (lower[-1], upper[-1]) == pytest.approx((points.mean() - half, points.mean() + half))
+    # The shaded band after all 8 pairs is the confidence sequence the stopping rule uses,
+    # wider than the fixed-n interval (it holds at every n at once).
+    band = ax.collections[-1].get_paths()[0].vertices
+    at_8 = band[band[:, 0] == 8, 1]
+    low, high = confidence_sequence(list(points), 0.95)
+    assert (at_8.min(), at_8.max()) == pytest.approx((low, high))
+    assert low < points.mean() - half and "pairs accrue" in ax.get_title()

@@ -32,4 +32,5 @@ def test_every_list_answers_a_page(tmp_path: Path) -> None:
                 assert {"data", "count"} <= set(body["required"]), path
                 pages.append(path)
     assert {"/v1/jobs/{job_id}/log", "/v1/jobs/{job_id}/checkpoints"} <= set(pages)
-    assert len(pages) == 7, pages
+    assert "/v1/webhooks/deliveries" in pages
+    assert len(pages) == 8, pages

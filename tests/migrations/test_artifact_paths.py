@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 
 from api.core.db import Tenant, make_engine, make_session_factory
 from api.core.db.models import Checkpoint, Dataset, Job
@@ -35,18 +35,27 @@ def _relative_paths(url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> No
             session.add(tenant)
             session.flush()
             job = Job(tenant_id=tenant.id, spec={})
-            zipped = Dataset(tenant_id=tenant.id, name="zipped", path="")
-            generated = Dataset(tenant_id=tenant.id, name="generated", path="")
-            outside = Dataset(tenant_id=tenant.id, name="outside", path="/data/shapes")
-            session.add_all([job, zipped, generated, outside])
+            session.add(job)
+            # Core inserts of the columns 0007 has: the model has gained columns since.
+            added = {
+                name: session.execute(
+                    insert(Dataset).values(tenant_id=tenant.id, name=name, path=path)
+                    .returning(Dataset.id)
+                ).scalar_one()
+                for name, path in (("zipped", ""), ("generated", ""), ("outside", "/data/shapes"))
+            }  # fmt: skip
+            zipped_id, generated_id = added["zipped"], added["generated"]
+            for dataset_id, path in (
+                (zipped_id, f"{OLD_ROOT}/datasets/{zipped_id}/pets"),
+                (generated_id, f"{OLD_ROOT}/datasets/{generated_id}"),
+            ):
+                session.execute(update(Dataset).where(Dataset.id == dataset_id).values(path=path))
             session.flush()
-            zipped.path = f"{OLD_ROOT}/datasets/{zipped.id}/pets"
-            generated.path = f"{OLD_ROOT}/datasets/{generated.id}"
             for name in ("last.pt", "last.weights"):
                 session.add(Checkpoint(job_id=job.id, name=name, iteration=10, size=1, sha256="0",
                                        path=f"{OLD_ROOT}/jobs/{job.id}/{name}"))  # fmt: skip
             session.commit()
-            job_id, zipped_id, generated_id = job.id, zipped.id, generated.id
+            job_id = job.id
     finally:
         engine.dispose()
 

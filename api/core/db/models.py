@@ -89,6 +89,13 @@ class Dataset(Base):
     class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
     num_train: Mapped[int] = mapped_column(Integer, default=0)
     num_val: Mapped[int] = mapped_column(Integer, default=0)
+    # Images in the optional test split (0: none), recorded at upload: with an S3 store the API
+    # cannot look at the files when a job asks to evaluate its best checkpoint on it. Only a
+    # server default: an INSERT that does not name it also fits the schema before 0013.
+    num_test: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Bytes on the artifact store, recorded when stored (usage and quota); null for datasets
+    # stored before migration 0014, which are counted on the store.
+    size: Mapped[int | None] = mapped_column(BigInteger, default=None)
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -112,6 +119,17 @@ class ModelConfig(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ComparisonStatus(StrEnum):
+    """Whether a comparison may still add seeds (``api.core.comparison_rounds``)."""
+
+    running = "running"
+    decided = "decided"  # seeds until decided: the confidence sequence settled it
+    max_reached = "max_reached"  # seeds until decided: max seeds tried, undecided
+    finished = "finished"  # fixed seeds: every job ended
+    cancelled = "cancelled"  # a job was cancelled on request: no further rounds
+    failed = "failed"  # seeds until decided: no job succeeded, so no round would help
+
+
 class Comparison(Base):
     """Arms (e.g. baseline and AE) trained over the same seeds, compared pair by pair."""
 
@@ -122,6 +140,14 @@ class Comparison(Base):
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(
+        String(20), default=ComparisonStatus.running, server_default="running", index=True
+    )
+    # Rounds of seeds started: the conditional UPDATE that adds a round bumps it, so two
+    # processes that see the last job end at once add one round (migration 0012).
+    rounds: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 class Job(Base):
@@ -210,3 +236,47 @@ class Checkpoint(Base):
     # Relative to the artifact root (jobs/12/last.pt): each process joins its own root.
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookSecret(Base):
+    """A tenant's key for signing webhook bodies (HMAC-SHA256), made on first use and
+    rotatable (``api.core.webhooks``)."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One webhook call to make: a transactional outbox row, inserted in the transaction of
+    the state change it reports, sent by the API's dispatcher (``api.webhooks``) until the
+    receiver answers 2xx or the attempts run out.
+
+    ``job_id`` and ``comparison_id`` are no foreign keys: a delivery outlives the deletion of
+    what it reports on (a finished job deleted before its last call went out).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True, default=None)
+    comparison_id: Mapped[int | None] = mapped_column(Integer, index=True, default=None)
+    event: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Set for events sent once per subject (comparison.running): a second insert conflicts.
+    once_key: Mapped[str | None] = mapped_column(String(100), unique=True, default=None)
+    # pending (to send, or being sent until next_attempt_at), delivered, or failed (gave up).
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -3,6 +3,7 @@
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -29,3 +30,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def dialect_insert(session: Session) -> Any:
+    """The ``insert`` of the session's database (PostgreSQL's or SQLite's), which has
+    ``on_conflict_do_nothing``."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert

@@ -72,7 +72,7 @@ def test_job_trains_streams_metrics_and_serves_checkpoints(service: dict[str, An
     checkpoints = {c["name"]: c for c in listed["data"]}
     assert listed["count"] == 2
     assert set(checkpoints) == {"last", "best"}
-    assert set(checkpoints["last"]["formats"]) == {"pt", "weights"}
+    assert set(checkpoints["last"]["formats"]) == {"pt", "weights", "onnx"}
     pt = client.get(f"/v1/jobs/{job_id}/checkpoints/last?format=pt", headers=auth)
     weights = client.get(f"/v1/jobs/{job_id}/checkpoints/last?format=weights", headers=auth)
     assert pt.status_code == weights.status_code == 200
