@@ -193,6 +193,10 @@ def serve(
             key_file.write_text(key + "\n")
             key_file.chmod(0o600)
         typer.echo(f"embedded mode: data in {settings.home}; API key in {key_file}")
+        # The key rides in the fragment, which the browser never sends to the server.
+        link_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        key = key_file.read_text().strip()
+        typer.echo(f"dashboard (signs in with the local key): http://{link_host}:{port}/#key={key}")
     child = None
     if settings.embedded_broker and embedded_worker:
         jobs = settings.embedded_jobs

@@ -32,6 +32,7 @@ from api.migrate import check_up_to_date
 from api.reaper import reap_forever
 from api.routes import (
     comparisons,
+    dashboard,
     database_unavailable_response,
     datasets,
     health,
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(comparisons.router)
     app.include_router(usage.router)
     app.include_router(webhooks.router)
+    app.include_router(dashboard.router)
     return app
 
 
