@@ -421,13 +421,14 @@ def test_the_interval_sequence_panel_draws_each_pairs_intervals() -> None:
     _plot_interval_sequence(ax, summary)
 
     points = 100 * np.array([gain[s] - base[s] for s in range(8)])
-    mean, lower, upper = (line.get_ydata() for line in ax.get_lines()[1:4])  # [0]: the zero line
+    # [0]: the zero line; then the mean and the t-interval's two sides.
+    mean, lower, upper = (np.asarray(line.get_ydata()) for line in ax.get_lines()[1:4])
     assert np.allclose(mean, [points[:k].mean() for k in range(2, 9)])
     half = stats.t.ppf(0.975, 7) * points.std(ddof=1) / np.sqrt(8)
     assert (lower[-1], upper[-1]) == pytest.approx((points.mean() - half, points.mean() + half))
     # The shaded band after all 8 pairs is the confidence sequence the stopping rule uses,
     # wider than the fixed-n interval (it holds at every n at once).
-    band = ax.collections[-1].get_paths()[0].vertices
+    band = np.asarray(ax.collections[-1].get_paths()[0].vertices)
     at_8 = band[band[:, 0] == 8, 1]
     low, high = confidence_sequence(list(points), 0.95)
     assert (at_8.min(), at_8.max()) == pytest.approx((low, high))
