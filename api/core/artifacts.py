@@ -127,8 +127,7 @@ class LocalStore(ArtifactStore):
         path = self.path(key)
         if path.is_file():
             return path.stat().st_size
-        files = (Path(parent, name) for parent, _, names in os.walk(path) for name in names)
-        return sum(_lstat_size(file) for file in files)
+        return folder_bytes(path)
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
@@ -147,11 +146,16 @@ class LocalStore(ArtifactStore):
         return path
 
 
-def _lstat_size(path: Path) -> int:
-    try:
-        return path.lstat().st_size
-    except FileNotFoundError:  # deleted while counted
-        return 0
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (links not followed; 0 when it does not exist)."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except FileNotFoundError:  # deleted while counted
+                continue
+    return total
 
 
 def _copy_atomically(source: Path, target: Path) -> None:

@@ -19,14 +19,14 @@ from ae_model.data.archive import ArchiveLimits, DatasetError, extract_zip, find
 from ae_model.data.check import check_dataset
 from ae_model.data.layout import dataset_splits
 from ae_model.data.synthetic import generate_dataset
-from api.core.artifacts import open_store
+from api.core.artifacts import folder_bytes, open_store
 from api.core.db.models import MAX_ROW_ID, Dataset
 from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.datasets import DatasetGenerate, DatasetPublic, DatasetReport, SplitCounts
 from api.services.errors import Invalid, NotFound
 from api.services.jobs import refuse_while_in_use
-from api.services.usage import check_quota, folder_bytes
+from api.services.usage import check_quota
 
 
 class DatasetHasErrors(Invalid):

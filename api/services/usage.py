@@ -1,7 +1,6 @@
 """What a tenant stores on the artifact store (datasets, models' start weights, and jobs'
 checkpoints), against its quota ``AETRAIN_MAX_TENANT_BYTES``."""
 
-import os
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -12,18 +11,6 @@ from api.core.db.models import Checkpoint, Dataset, Job, ModelConfig
 from api.core.settings import Settings
 from api.schemas.usage import UsagePublic
 from api.services.errors import OverQuota
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (links not followed; 0 when it does not exist)."""
-    total = 0
-    for parent, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(parent, name)).st_size
-            except FileNotFoundError:  # deleted while counted
-                continue
-    return total
 
 
 def model_folder(settings: Settings, model_id: int) -> Path:
