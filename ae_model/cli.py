@@ -18,6 +18,7 @@ from ae_model.options import (
     AEConfig,
     AEMode,
     AESchedule,
+    AnchorSource,
     LRPolicy,
     TrainConfig,
     TrainOptions,
@@ -199,6 +200,7 @@ def train(
     ] = None,
     multiscale: Annotated[bool | None, typer.Option(help=_help("multiscale"))] = _TRAIN.multiscale,
     augment: Annotated[bool, typer.Option(help=_help("augment"))] = _TRAIN.augment,
+    anchors: Annotated[AnchorSource, typer.Option(help=_help("anchors"))] = _TRAIN.anchors,
     seed: Annotated[int, typer.Option()] = 0,
     ae_layers: Annotated[
         str | None, typer.Option(help="AE layer indices, e.g. 16 or 15,22.")
@@ -252,8 +254,8 @@ def train(
             epochs=epochs, batch=batch, subdivisions=subdivisions, learning_rate=learning_rate,
             momentum=momentum, decay=decay, burn_in=burn_in, policy=policy,
             steps=_numbers(steps, int, "--steps"), scales=_numbers(scales, float, "--scales"),
-            width=width, height=height, multiscale=multiscale, augment=augment, device=device,
-            amp=amp, compile=compile, workers=workers, eval_interval=eval_interval,
+            width=width, height=height, multiscale=multiscale, augment=augment, anchors=anchors,
+            device=device, amp=amp, compile=compile, workers=workers, eval_interval=eval_interval,
             checkpoint_interval=checkpoint_interval, keep=keep, val_limit=val_limit,
             nan_rollbacks=nan_rollbacks, nan_lr_factor=nan_lr_factor, world_size=world_size,
             weights=None if weights is None else str(weights), weights_cutoff=weights_cutoff,

@@ -33,6 +33,16 @@ class LRPolicy(StrEnum):
     """aetrain's, not darknet's: one cosine decay to learning_rate_min after the burn-in."""
 
 
+class AnchorSource(StrEnum):
+    """Where a run's anchors come from (docs/training.md, "Anchors")."""
+
+    CFG = "cfg"
+    """The cfg's ``anchors=`` as written."""
+    FIT = "fit"
+    """Fitted to the dataset's training boxes at the run's input size (darknet's
+    ``calc_anchors``: k-means with distance 1 - IoU), written into every head of the cfg."""
+
+
 class AESchedule(StrEnum):
     """How AE's alpha decays over the iterations (docs/assisted_excitation.md)."""
 
@@ -120,6 +130,10 @@ class TrainOptions:
         None, "Darknet's multi-scale training; default the cfg's random= on its heads."
     )
     augment: bool = option(True, "Apply the cfg's augmentation (jitter, hue, flip, mosaic...).")
+    anchors: AnchorSource = option(
+        AnchorSource.CFG, "cfg: the cfg's anchors; fit: anchors fitted to the dataset's "
+        "training boxes at the input size when the job starts (darknet's calc_anchors).",
+    )  # fmt: skip
     eval_interval: int = option(
         0, "Evaluate every N iterations (0: only at the end).", ge=0, le=10_000_000
     )
@@ -164,6 +178,7 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.policy is not None:
             self.policy = LRPolicy(self.policy)
+        self.anchors = AnchorSource(self.anchors)
         check_bounds(self)
         problem = consistency_problem(self)
         if problem:

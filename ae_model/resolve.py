@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
+from ae_model.anchors import fit_anchors, mean_best_iou
 from ae_model.cfg import (
     CfgError,
     DarknetConfig,
@@ -22,9 +25,10 @@ from ae_model.cfg import (
     parse_cfg,
     resolve_random,
     retarget_classes,
+    set_anchors,
 )
 from ae_model.data.augment import AugmentParams
-from ae_model.options import AEConfig, LRPolicy, TrainOptions
+from ae_model.options import AEConfig, AnchorSource, LRPolicy, TrainOptions
 from ae_model.placement import cfg_excitation_layers, resolve_layers
 
 # Darknet's parse_net_options default when a cfg has no max_batches=.
@@ -101,6 +105,9 @@ class ResolvedTraining:
     """Layers with AE: the job's placement and the cfg's ``assisted_excitation=N`` keys."""
     retargeted_from_classes: tuple[int, ...] | None
     """The cfg's class counts when its heads were resized to the dataset's."""
+    anchors_fitted: tuple[tuple[int, int], ...] | None
+    """With ``anchors=fit``, the anchors fitted to the dataset (network pixels, by area) and
+    written into ``cfg``; None otherwise, and before the Trainer has read the dataset."""
     schedule_scaled_from: ScheduleScaling | None
     """Set when the run is shorter than the cfg's max_batches and its burn_in/steps were scaled."""
     notes: tuple[str, ...]
@@ -127,6 +134,8 @@ class ResolvedTraining:
             data[key] = list(data[key])
         if self.retargeted_from_classes is not None:
             data["retargeted_from_classes"] = list(self.retargeted_from_classes)
+        if self.anchors_fitted is not None:
+            data["anchors_fitted"] = [list(anchor) for anchor in self.anchors_fitted]
         if self.schedule_scaled_from is not None:
             data["schedule_scaled_from"] = dataclasses.asdict(self.schedule_scaled_from)
             if self.schedule_scaled_from.steps is not None:
@@ -142,9 +151,14 @@ def resolve_training(
     train_images: int,
     num_classes: int | None = None,
     ae: AEConfig | None = None,
+    box_sizes: Any = None,
 ) -> ResolvedTraining:
     """Resolve a run of ``cfg`` with ``options`` on a dataset of ``train_images`` training
     images and ``num_classes`` classes (None: the cfg's), with AE placed per ``ae``.
+
+    ``box_sizes``: the training boxes' widths and heights as fractions of their images
+    (``(N, 2)``), for ``anchors=fit``; without them (the API, which validates a job before any
+    worker reads its dataset) the cfg's anchors stand and a note says they will be fitted.
 
     Raises:
         JobSettingsError: a setting the Trainer cannot run, naming it.
@@ -180,6 +194,12 @@ def resolve_training(
         raise JobSettingsError(("train", "width"), f"at {width}x{height}: {error}") from error
     heads = [s for s in cfg.sections if isinstance(s, YoloSection | RegionSection)]
     jitter = heads[0].jitter if heads else 0.0
+    fitted = None
+    if options.anchors == AnchorSource.FIT:
+        cfg, fitted, note = _fit_anchors(cfg, layers, box_sizes, width, height)
+        notes += (note,)
+        if fitted is not None:  # the rows hold the heads' sections, anchors included
+            layers = tuple(cfg.layer_table(width, height))
     learning_rate = _pick(options.learning_rate, net.learning_rate)
     return ResolvedTraining(
         cfg=cfg,
@@ -217,6 +237,7 @@ def resolve_training(
         augment=_augment(net, jitter) if options.augment else AugmentParams(),
         ae_layers=_ae_layers(cfg, ae, width, height),
         retargeted_from_classes=retargeted_from,
+        anchors_fitted=fitted,
         schedule_scaled_from=scaled,
         notes=notes,
         warnings=_schedule_warnings(max_batches, burn_in, policy, steps, learning_rate, net.power),
@@ -251,6 +272,54 @@ def _retarget(text: str, source: str, num_classes: int) -> DarknetConfig:
     # Once per cfg and class count, not per job: the API resolves every submission, mostly of
     # the same few cfgs and datasets (DarknetConfig is frozen, so callers may share it).
     return parse_cfg(retarget_classes(text, num_classes), source)
+
+
+def _fit_anchors(
+    cfg: DarknetConfig, layers: tuple[LayerRow, ...], box_sizes: Any, width: int, height: int
+) -> tuple[DarknetConfig, tuple[tuple[int, int], ...] | None, str]:
+    """The cfg with anchors fitted to ``box_sizes`` at ``width x height`` written into every
+    head, the anchors, and a note in words.
+
+    One set of ``num`` anchors serves every head, as in darknet's cfgs, whose heads share one
+    anchors= list and pick theirs by mask=. [region] heads list anchors in cells of their grid.
+    """
+    heads = [row for row in layers if isinstance(row.section, YoloSection | RegionSection)]
+    counts = {row.section.num for row in heads}  # type: ignore[attr-defined]
+    if len(counts) != 1:
+        raise JobSettingsError(
+            ("train", "anchors"),
+            "anchors=fit fits one anchors= list for every head, so it needs [yolo] or [region] "
+            f"heads with one num= (this cfg's: {sorted(counts)}); keep anchors=cfg",
+        )
+    count = counts.pop()
+    if box_sizes is None:
+        note = f"{count} anchors are fitted to the dataset's training boxes when the job starts"
+        return cfg, None, note
+    boxes = np.asarray(box_sizes, dtype=np.float64).reshape(-1, 2) * (width, height)
+    boxes = boxes[(boxes > 0).all(axis=1)]  # a label of zero width has no shape to fit
+    try:
+        anchors = fit_anchors(boxes, count)
+    except ValueError as error:
+        raise JobSettingsError(
+            ("train", "anchors"), f"anchors=fit on this dataset's training boxes: {error}"
+        ) from error
+
+    def cells(row: LayerRow) -> float:  # network pixels per unit of the head's anchors=
+        return row.out_stride if isinstance(row.section, RegionSection) else 1.0
+
+    before = np.array(heads[0].section.anchors) * cells(heads[0])  # type: ignore[attr-defined]
+    lists = [
+        ", ".join(f"{w / cells(row):g},{h / cells(row):g}" for w, h in anchors) for row in heads
+    ]
+    cfg = parse_cfg(set_anchors(cfg.text, lists), cfg.source)
+    fitted = tuple((int(w), int(h)) for w, h in anchors)
+    note = (
+        f"anchors fitted to the dataset's {len(boxes)} training boxes at {width}x{height}: "
+        + "  ".join(f"{w},{h}" for w, h in fitted)
+        + f" (a box's IoU with its best anchor: {mean_best_iou(boxes, before):.2f} on average "
+        f"with the cfg's anchors, {mean_best_iou(boxes, anchors):.2f} with these)"
+    )
+    return cfg, fitted, note
 
 
 def _check_micro_batches(batch: int, subdivisions: int, world_size: int) -> None:

@@ -42,7 +42,7 @@ from ae_model.fingerprint import StreamFingerprint, settings_fingerprint, weight
 from ae_model.layers import RegionLayer, YoloLayer
 from ae_model.loss import YoloLoss
 from ae_model.optim import Adam, LRSchedule, build_ema, build_optimizer, build_scheduler
-from ae_model.options import TrainConfig
+from ae_model.options import AnchorSource, TrainConfig
 from ae_model.region_loss import RegionLoss
 from ae_model.resolve import resolve_training
 from ae_model.weights import load_start_weights
@@ -138,6 +138,7 @@ class Trainer:
         self.resolved = resolve_training(
             cfg, config, train_images=len(self.train_set),
             num_classes=self.train_set.num_classes, ae=config.ae,
+            box_sizes=self.train_set.box_sizes() if config.anchors == AnchorSource.FIT else None,
         )  # fmt: skip
         r = self.resolved
         seed_everything(config.seed)  # before building: the seed fixes the initial weights

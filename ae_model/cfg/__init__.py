@@ -9,7 +9,8 @@ torch. ``ae_model.layers`` builds the PyTorch modules from the sections parsed h
 - ``parser``: darknet's defaults and checks per section: :func:`parse_cfg`, :class:`DarknetConfig`.
 - ``bundled``: the cfgs in ``bundled/`` and :func:`resolve_cfg` (a name, a path or a config).
 - ``table``: darknet's layer table and its text format.
-- ``edit``: edits of cfg text that keep every other byte (:func:`retarget_classes`).
+- ``edit``: edits of cfg text that keep every other byte (:func:`retarget_classes`,
+  :func:`set_anchors`).
 - ``multiscale``: darknet's multi-scale input sizes (``random=``).
 
 The names below are the package's interface (each defined in one of those modules); the
@@ -17,7 +18,7 @@ lexer's raw sections and the vocabularies the parser checks are imported from th
 """
 
 from ae_model.cfg.bundled import bundled_cfg_path, list_bundled_cfgs, resolve_cfg
-from ae_model.cfg.edit import retarget_classes
+from ae_model.cfg.edit import retarget_classes, set_anchors
 from ae_model.cfg.lexer import CfgError
 from ae_model.cfg.multiscale import (
     SIZE_STEP,
@@ -78,4 +79,5 @@ __all__ = [
     "resolve_cfg",
     "resolve_random",
     "retarget_classes",
+    "set_anchors",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ae_model.cfg.lexer import CfgError, RawSection, lex_cfg
 from ae_model.cfg.parser import SectionReader
 from ae_model.cfg.sections import SECTION_TYPES
@@ -15,6 +17,32 @@ def _set_value(line: str, value: str) -> str:
     return f"{head}={tail[:start]}{value}{tail[end:]}"
 
 
+def _apply(cfg_text: str, changes: list[tuple[RawSection, str, str]]) -> str:
+    """``cfg_text`` with each ``(section, key, value)`` set: the key's line rewritten in place,
+    or ``key=value`` added under the section's header when the section lacks the key."""
+    lines = cfg_text.split("\n")
+    inserts: list[tuple[int, str]] = []  # (header line, "key=value") to add below the header
+    for raw, key, value in changes:
+        if key in raw.option_lines:
+            number = raw.option_lines[key]
+            lines[number - 1] = _set_value(lines[number - 1], value)
+        else:
+            inserts.append((raw.line, f"{key}={value}"))
+    for header, text in sorted(inserts, reverse=True):
+        ending = "\r" if lines[header - 1].endswith("\r") else ""
+        lines.insert(header, text + ending)
+    return "\n".join(lines)
+
+
+def _heads(raw_sections: list[RawSection]) -> list[tuple[int, RawSection, str]]:
+    """``(position, section, kind)`` of every [yolo] and [region], in order."""
+    return [
+        (position, raw, SECTION_TYPES[raw.name])
+        for position, raw in enumerate(raw_sections)
+        if SECTION_TYPES.get(raw.name) in ("yolo", "region")
+    ]
+
+
 def retarget_classes(cfg_text: str, num_classes: int) -> str:
     """Set ``classes=`` of every [yolo]/[region] and ``filters=`` of the [convolutional] just
     before each, as darknet users do by hand; every other byte is kept.
@@ -26,20 +54,8 @@ def retarget_classes(cfg_text: str, num_classes: int) -> str:
         raise ValueError(f"num_classes={num_classes}: expected at least 1")
     source = "<retarget_classes>"
     raw_sections, _ = lex_cfg(cfg_text, source)  # the cfg's own warnings are not ours
-    lines = cfg_text.split("\n")
-    edits: dict[int, str] = {}  # 1-based line -> new value of its key
-    inserts: list[tuple[int, str]] = []  # (header line, "key=value") to add below the header
-
-    def set_key(raw: RawSection, key: str, value: int) -> None:
-        if key in raw.option_lines:
-            edits[raw.option_lines[key]] = str(value)
-        else:
-            inserts.append((raw.line, f"{key}={value}"))
-
-    for position, raw in enumerate(raw_sections):
-        kind = SECTION_TYPES.get(raw.name)
-        if kind not in ("yolo", "region"):
-            continue
+    changes: list[tuple[RawSection, str, str]] = []
+    for position, raw, kind in _heads(raw_sections):
         previous = raw_sections[position - 1] if position > 1 else None
         if previous is None or SECTION_TYPES.get(previous.name) != "convolutional":
             raise CfgError(
@@ -52,11 +68,21 @@ def retarget_classes(cfg_text: str, num_classes: int) -> str:
             filters = (num_classes + 5) * len(reader.integers("mask") or range(num))
         else:
             filters = (num_classes + reader.integer("coords", 4) + 1) * num
-        set_key(raw, "classes", num_classes)
-        set_key(previous, "filters", filters)
-    for number, value in edits.items():
-        lines[number - 1] = _set_value(lines[number - 1], value)
-    for header, text in sorted(inserts, reverse=True):
-        ending = "\r" if lines[header - 1].endswith("\r") else ""
-        lines.insert(header, text + ending)
-    return "\n".join(lines)
+        changes += [(raw, "classes", str(num_classes)), (previous, "filters", str(filters))]
+    return _apply(cfg_text, changes)
+
+
+def set_anchors(cfg_text: str, anchors: Sequence[str]) -> str:
+    """Set ``anchors=`` of the cfg's [yolo]/[region] heads, in order, to ``anchors[i]`` (a
+    darknet list such as ``"10,14, 23,27"``); every other byte is kept.
+
+    Raises:
+        ValueError: ``anchors`` does not hold one list per head.
+    """
+    raw_sections, _ = lex_cfg(cfg_text, "<set_anchors>")
+    heads = _heads(raw_sections)
+    if len(heads) != len(anchors):
+        raise ValueError(f"{len(anchors)} anchor lists for {len(heads)} heads")
+    return _apply(
+        cfg_text, [(raw, "anchors", text) for (_, raw, _), text in zip(heads, anchors, strict=True)]
+    )

@@ -72,6 +72,11 @@ class DetectionDataset(Dataset[Sample]):
         """The annotations as a pycocotools ``COCO`` index, image ids as in :class:`Sample`."""
         raise NotImplementedError
 
+    def box_sizes(self) -> np.ndarray:
+        """Every box's width and height as fractions of its image's, ``(N, 2)`` (what anchors
+        are fitted to: ``ae_model.anchors``), read from the annotations without the images."""
+        raise NotImplementedError
+
 
 class CocoDetection(DetectionDataset):
     """COCO detection JSON plus its image folder, indexed by pycocotools.
@@ -122,6 +127,15 @@ class CocoDetection(DetectionDataset):
     def coco_ground_truth(self) -> COCO:
         return self.coco
 
+    def box_sizes(self) -> np.ndarray:
+        sizes = [
+            (boxes[:, 2:] - boxes[:, :2]) / (image["width"], image["height"])
+            for boxes, image in zip(
+                self._boxes, (self.coco.imgs[i] for i in self.image_ids), strict=True
+            )
+        ]
+        return np.concatenate(sizes or [np.zeros((0, 2))]).astype(np.float64)
+
     def __getitem__(self, index: int) -> Sample:
         image_id = self.image_ids[index]
         image = read_image(self.image_dir / self.coco.imgs[image_id]["file_name"])
@@ -159,6 +173,10 @@ class YoloDataset(DetectionDataset):
 
     def __len__(self) -> int:
         return len(self.image_paths)
+
+    def box_sizes(self) -> np.ndarray:
+        sizes = [np.clip(labels[:, 3:5], 0, 1) for labels in self._labels]  # relative
+        return np.concatenate(sizes or [np.zeros((0, 2))]).astype(np.float64)
 
     def __getitem__(self, index: int) -> Sample:
         image = read_image(self.image_paths[index])

@@ -88,6 +88,12 @@ def finish_job(
 def save_resolved(
     session: Session, job_id: int, resolved: dict[str, Any], max_batches: int
 ) -> None:
+    """Store the worker's resolution of the job, and log the notes the API's had not (what
+    only the dataset could tell, such as fitted anchors) in the job's event log."""
+    before = session.scalar(select(Job.resolved).where(Job.id == job_id)) or {}
+    for note in resolved.get("notes", []):
+        if note not in before.get("notes", []):
+            add_event(session, job_id, JobState.running, f"note: {note}")
     session.execute(
         update(Job).where(Job.id == job_id).values(resolved=resolved, max_batches=max_batches)
     )

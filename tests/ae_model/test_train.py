@@ -121,8 +121,11 @@ def test_data_wait_is_the_share_of_the_step_spent_in_the_loader(
 
 
 def test_resume_continues_exactly(shapes: Path, tmp_path: Path) -> None:
-    overrides = dict(multiscale=True, ae=AEConfig(layers={"stride": 16}))
+    # anchors=fit: the resumed run fits the same anchors again (a checkpoint whose cfg
+    # differed from the run's would be refused).
+    overrides = dict(multiscale=True, ae=AEConfig(layers={"stride": 16}), anchors="fit")
     straight = Trainer(_config(shapes, tmp_path / "straight", **overrides))
+    assert straight.resolved.anchors_fitted is not None
     straight.train()
     expected = [m["loss"] for m in straight.history]
 

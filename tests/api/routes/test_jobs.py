@@ -12,7 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from ae_model.cfg import parse_cfg
+from ae_model.cfg import YoloSection, parse_cfg
 from ae_model.darknet import Darknet
 from ae_model.weights import load_darknet_weights
 from tests.api.routes.conftest import TINY_TRAIN
@@ -31,7 +31,7 @@ def _wait(client: TestClient, url: str, auth: dict[str, str], until: Any, timeou
 def test_job_trains_streams_metrics_and_serves_checkpoints(service: dict[str, Any]) -> None:
     client, auth = service["client"], service["auth"]
     spec = {"model": "yolov3-tiny-small", "dataset_id": service["dataset_id"], "seed": 3,
-            "queue": service["queue"], "train": TINY_TRAIN,
+            "queue": service["queue"], "train": {**TINY_TRAIN, "anchors": "fit"},
             "ae": {"layers": {"stride": 16}, "schedule": "cosine"}}  # fmt: skip
     created = client.post("/v1/jobs", json=spec, headers=auth)
     assert created.status_code == 201, created.text
@@ -53,6 +53,14 @@ def test_job_trains_streams_metrics_and_serves_checkpoints(service: dict[str, An
     assert seen_running_metrics
     assert job["resolved"]["ae_layers"] == [20]
     assert job["result"]["AP"] >= 0.0 and job["iteration"] == 30
+    # anchors=fit: the worker fitted six anchors to the dataset and trained the cfg with them.
+    fitted = job["resolved"]["anchors_fitted"]
+    assert len(fitted) == 6
+    assert all(
+        head.anchors == tuple(map(tuple, fitted))
+        for head in parse_cfg(job["resolved"]["cfg_text"]).sections
+        if isinstance(head, YoloSection)
+    )
 
     losses = client.get(f"/v1/jobs/{job_id}/metrics?keys=loss", headers=auth).json()["data"]
     assert [m["step"] for m in losses] == list(range(1, 31))  # every step once, no gaps
@@ -65,8 +73,15 @@ def test_job_trains_streams_metrics_and_serves_checkpoints(service: dict[str, An
     ).json()
     assert nxt["data"][0]["step"] == page["next_since_step"] + 1
     log = client.get(f"/v1/jobs/{job_id}/log", headers=auth).json()
-    assert [e["state"] for e in log["data"]] == ["queued", "running", "succeeded"]
-    assert log["count"] == 3
+    notes = [e for e in log["data"] if e["message"].startswith("note: ")]
+    assert [e["state"] for e in log["data"] if e not in notes] == ["queued", "running", "succeeded"]
+    assert log["count"] == len(log["data"])
+    # The API says the anchors will be fitted; the worker says to what.
+    assert [(e["state"], e["message"][:26]) for e in notes] == [
+        ("queued", "note: 6 anchors are fitted"),
+        ("running", "note: anchors fitted to th"),
+    ]
+    assert " ".join(f"{w},{h}" for w, h in fitted) in notes[1]["message"].replace("  ", " ")
 
     listed = client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth).json()
     checkpoints = {c["name"]: c for c in listed["data"]}
