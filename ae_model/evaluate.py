@@ -113,10 +113,12 @@ class COCOEvaluator:
         empty.createIndex()
         return empty
 
-    def summarize(self) -> dict[str, float]:
+    def summarize(self, class_agnostic: bool = False) -> dict[str, float]:
         """COCO metrics on the images seen so far (AP... as fractions in [0, 1]).
 
         Also ``AP_class/<category id>`` per class and ``latency_ms`` per image when timed.
+        ``class_agnostic``: a detection may match a truth of any class (COCOeval's
+        ``useCats=0``), so the metrics leave classification errors out.
         """
         metrics = dict.fromkeys(STAT_NAMES, 0.0)
         if self._image_ids:
@@ -125,14 +127,16 @@ class COCOEvaluator:
                 coco_dt = self._results()
                 evaluator = COCOeval(self.coco_gt, coco_dt, iouType="bbox")
                 evaluator.params.imgIds = sorted(set(self._image_ids))
+                evaluator.params.useCats = 0 if class_agnostic else 1
                 evaluator.evaluate()
                 evaluator.accumulate()
                 evaluator.summarize()
             metrics = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
-            self._scored = evaluator
+            if not class_agnostic:  # image_matches() are the class-aware ones
+                self._scored = evaluator
             # precision: (T iou thresholds, R recall points, K classes, A areas, M max dets)
             precision = evaluator.eval["precision"][:, :, :, 0, -1]
-            for k, cat_id in enumerate(evaluator.params.catIds):
+            for k, cat_id in enumerate(evaluator.params.catIds if not class_agnostic else []):
                 valid = precision[:, :, k][precision[:, :, k] > -1]
                 metrics[f"AP_class/{cat_id}"] = float(valid.mean()) if valid.size else 0.0
         if self.images_seen:

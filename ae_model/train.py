@@ -469,7 +469,7 @@ class Trainer:
             dataset = Subset(self.val_set, range(min(self.config.val_limit, len(self.val_set))))
         model = self.eval_model
         model.eval()
-        evaluator = self._coco_evaluation(model, self.val_set, dataset)
+        evaluator = self.coco_evaluation(model, self.val_set, dataset)
         model.train()
         metrics = evaluator.summarize()
         metrics["iteration"] = float(self.iteration)
@@ -499,14 +499,14 @@ class Trainer:
         if self.config.channels_last:
             model.to(memory_format=torch.channels_last)
         dataset = open_dataset(self.config.data, split)
-        evaluator = self._coco_evaluation(model, dataset, dataset)
+        evaluator = self.coco_evaluation(model, dataset, dataset)
         metrics = evaluator.summarize()
         metrics["iteration"] = float(trained.iteration)
         if detections is not None:
             evaluator.write_detections(detections, trained.iteration)
         return metrics
 
-    def _coco_evaluation(
+    def coco_evaluation(
         self, model: nn.Module, split: DetectionDataset, images: Any
     ) -> COCOEvaluator:
         """``model``'s (in eval mode) detections on ``images`` (``split`` or a Subset of it),

@@ -61,6 +61,12 @@ def main() -> None:
     )
     parser.add_argument("--ultra-python", type=Path, default=DEFAULT_ULTRA_PYTHON)
     parser.add_argument("--out", type=Path, default=Path("/tmp/aetrain-tta"))
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take a run's curve from --out when an earlier run there had the same setup "
+        "(system, seed, data, epochs, size, batch, threads; aetrain's cfg and options)",
+    )
     # (internal) one training run, in the system's own Python: --run SYSTEM --seed N --data D
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -85,6 +91,12 @@ def compare(args: argparse.Namespace) -> None:
     if any(s in ULTRALYTICS for s in systems) and not args.ultra_python.exists():
         sys.exit(f"{args.ultra_python} not found: install Ultralytics as the docstring says")
     curves: dict[str, list[list[dict[str, float]]]] = {s: [] for s in systems}
+    # The Ultralytics environment sees this project's packages through a .pth, but not an
+    # editable install's own .pth there: put the checkout on its path as well.
+    root = str(Path(__file__).resolve().parent.parent)
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    }
     started = time.perf_counter()
     for seed in seeds:
         for system in systems:
@@ -115,10 +127,27 @@ def compare(args: argparse.Namespace) -> None:
                 args.aetrain_train,
             ]
             print(f"[{time.perf_counter() - started:6.0f} s] {system} seed {seed} ...", flush=True)
-            log = out.with_suffix(".log")
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("w") as handle:
-                subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT)
+            # A run's command (the system's setup: aetrain's cfg and options mean nothing to
+            # Ultralytics) is kept beside its curve, so --reuse takes only a run made alike.
+            setup = command[2:] if system == "aetrain" else command[2:-4]
+            stamp = out / "command.json"
+            reused = (
+                args.reuse
+                and (out / "curve.json").exists()
+                and stamp.exists()
+                and json.loads(stamp.read_text()) == setup
+            )
+            if reused:
+                print("    reused (--reuse): the curve of an earlier run with this setup")
+            else:
+                log = out.with_suffix(".log")
+                log.parent.mkdir(parents=True, exist_ok=True)
+                (out / "curve.json").unlink(missing_ok=True)
+                with log.open("w") as handle:
+                    subprocess.run(
+                        command, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env
+                    )
+                stamp.write_text(json.dumps(setup))
             curve = json.loads((out / "curve.json").read_text())
             curves[system].append(curve)
             last = curve[-1]
@@ -217,8 +246,26 @@ def report(args: argparse.Namespace, curves: dict[str, list[list[dict[str, float
         )
         summary["systems"][system] = {"curves": runs, "ap_at_budget": at_budget}
     (args.out / "tta.json").write_text(json.dumps(summary, indent=1))
+    profile(curves)
     plot(args, curves, args.out / "tta.png")
     print(f"\ncurves: {args.out / 'tta.json'}, plot: {args.out / 'tta.png'}")
+
+
+# Where AP is lost, from the last epoch's evaluation: localisation (AP50 against AP75), object
+# size, and classification (a detection scored against a truth of any class: COCOeval useCats=0).
+PROFILE = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP_agnostic", "AP50_agnostic")
+
+
+def profile(curves: dict[str, list[list[dict[str, float]]]]) -> None:
+    print("\nat the last epoch (mean over seeds; _agnostic: any class may match a truth)")
+    print(f"{'system':<14}" + "".join(f"{name:>14}" for name in PROFILE))
+    for system, runs in curves.items():
+        finals = [curve[-1] for curve in runs]
+        cells = [
+            statistics.mean(point[name] for point in finals) if name in finals[0] else math.nan
+            for name in PROFILE
+        ]
+        print(f"{system:<14}" + "".join(f"{value:>14.3f}" for value in cells))
 
 
 def plot(
@@ -282,14 +329,8 @@ def run_aetrain(args: argparse.Namespace) -> list[dict[str, float]]:
             self.mark = now
 
         def after_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-            self.curve.append(
-                {
-                    "epoch": trainer.iteration / per_epoch,
-                    "cpu_s": self.cpu,
-                    "AP": metrics["AP"],
-                    "AP50": metrics["AP50"],
-                }
-            )
+            point = {"epoch": trainer.iteration / per_epoch, "cpu_s": self.cpu}
+            self.curve.append(point | {k: metrics[k] for k in PROFILE if k in metrics})
             self.mark = time.process_time()
 
     clock = CpuClock()
@@ -306,7 +347,13 @@ def run_aetrain(args: argparse.Namespace) -> list[dict[str, float]]:
         checkpoint_interval=0,
         **options,
     )
-    Trainer(config, hooks=[clock]).train()
+    trainer = Trainer(config, hooks=[clock])
+    trainer.train()
+    model = trainer.eval_model.eval()
+    with torch.no_grad():
+        evaluator = trainer.coco_evaluation(model, trainer.val_set, trainer.val_set)
+    agnostic = evaluator.summarize(class_agnostic=True)
+    clock.curve[-1] |= {"AP_agnostic": agnostic["AP"], "AP50_agnostic": agnostic["AP50"]}
     return clock.curve
 
 
@@ -356,16 +403,18 @@ def run_ultralytics(args: argparse.Namespace) -> list[dict[str, float]]:
     )
     curve = []
     for path, cpu in zip(weights, cpu_at_epoch, strict=True):
-        metrics = evaluate_ultralytics(YOLO(str(path)), args)
+        evaluator = evaluate_ultralytics(YOLO(str(path)), args)
+        metrics = evaluator.summarize()
         epoch = int(path.stem.removeprefix("epoch")) + 1
-        curve.append(
-            {"epoch": float(epoch), "cpu_s": cpu, "AP": metrics["AP"], "AP50": metrics["AP50"]}
-        )
+        point = {"epoch": float(epoch), "cpu_s": cpu}
+        curve.append(point | {k: metrics[k] for k in PROFILE if k in metrics})
+    agnostic = evaluator.summarize(class_agnostic=True)
+    curve[-1] |= {"AP_agnostic": agnostic["AP"], "AP50_agnostic": agnostic["AP50"]}
     return curve
 
 
-def evaluate_ultralytics(model: Any, args: argparse.Namespace) -> dict[str, float]:
-    """Ultralytics' own boxes on the val split, scored by aetrain's COCOEvaluator."""
+def evaluate_ultralytics(model: Any, args: argparse.Namespace) -> Any:
+    """Ultralytics' own boxes on the val split in aetrain's COCOEvaluator, to summarize."""
     import torch
     from pycocotools.coco import COCO
 
@@ -392,7 +441,7 @@ def evaluate_ultralytics(model: Any, args: argparse.Namespace) -> dict[str, floa
                 image["id"],
                 Detections(boxes.xyxy.float(), boxes.conf.float(), boxes.cls.to(torch.long)),
             )
-    return evaluator.summarize()
+    return evaluator
 
 
 if __name__ == "__main__":

@@ -81,3 +81,21 @@ def test_shifted_box_counts_at_iou_half_but_not_at_075() -> None:
     metrics = evaluator.summarize()
     assert metrics["AP50"] == pytest.approx(1.0)
     assert metrics["AP75"] == pytest.approx(0.0)
+
+
+def test_class_agnostic_scoring_forgives_only_the_wrong_class() -> None:
+    gt: dict[int, list[tuple[float, float, float, float, int]]] = {
+        1: [(10, 10, 30, 40, 3)],
+        2: [(50, 20, 30, 30, 7)],
+    }
+    evaluator = COCOEvaluator(_coco(gt), category_ids=[3, 7])
+    # Both boxes exact, the second labelled with the other class.
+    evaluator.update(1, Detections(torch.tensor([[10.0, 10, 40, 50]]), torch.tensor([0.9]),
+                                   torch.tensor([0])))  # fmt: skip
+    evaluator.update(2, Detections(torch.tensor([[50.0, 20, 80, 50]]), torch.tensor([0.9]),
+                                   torch.tensor([0])))  # fmt: skip
+    aware, agnostic = evaluator.summarize(), evaluator.summarize(class_agnostic=True)
+    assert aware["AP"] == pytest.approx(0.5)  # class a found, class b missed
+    assert agnostic["AP"] == pytest.approx(1.0) and "AP_class/3" not in agnostic
+    matches = evaluator.image_matches()  # still the class-aware scoring's: one of two matched
+    assert matches is not None and matches.matched[0].tolist() == [True, False]
