@@ -27,6 +27,7 @@ from api.core.db import make_engine, make_session_factory
 from api.core.settings import Settings, get_settings
 from api.deps import POOL_SIZE, STREAM_POLLS
 from api.heavy import HeavyWork
+from api.kept_pages import KeptPages
 from api.metric_pages import SettledRowsCache
 from api.migrate import check_up_to_date
 from api.reaper import reap_forever
@@ -108,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.add_exception_handler(OperationalError, database_unavailable_response)
     app.add_exception_handler(InterfaceError, database_unavailable_response)
+    # Added first, so it runs inside RequestGuard: on URLs that passed its checks.
+    app.add_middleware(KeptPages)
     app.add_middleware(RequestGuard, settings=settings)
     app.include_router(health.router)
     app.include_router(datasets.router)

@@ -19,8 +19,9 @@ page) and each ``--clients`` count, that many clients each send the next request
 the last is answered, for ``--warmup-s`` + ``--duration-s`` seconds; a line per run with
 requests/s, p50/p99, the answers that were not 2xx, requests without an answer, and CPU per
 request of the server, PostgreSQL and the clients. ``--compare-code DIR`` serves another
-source tree beside this one (the same database and broker) and alternates the runs between
-them, so both see the same load from whatever else shares the machine.
+source tree beside this one (the same database and broker, a tenant of its own) and
+alternates the runs between them, so both see the same load from whatever else shares the
+machine.
 
     python bench/bench_api_load.py --database postgresql+psycopg://postgres@127.0.0.1:5432/test
     python bench/bench_api_load.py            # SQLite, the embedded default
@@ -103,13 +104,13 @@ def seed(
     return key, dataset_id, job_ids
 
 
-def seed_tenant(url: str, home: Path, classes: int) -> tuple[str, int, int]:
-    """An API key, its tenant's id and the id of a ready dataset row with ``classes`` classes
-    (0: none named, so a job keeps its cfg's)."""
+def seed_tenant(url: str, home: Path, classes: int, name: str = "bench") -> tuple[str, int, int]:
+    """An API key of tenant ``name``, its id and the id of a ready dataset row of it with
+    ``classes`` classes (0: none named, so a job keeps its cfg's)."""
     engine = make_engine(url)
     with make_session_factory(engine)() as session:
-        key = create_tenant_with_key(session, "bench").key
-        tenant = session.scalars(select(Tenant.id)).one()
+        issued = create_tenant_with_key(session, name)
+        key, tenant = issued.key, issued.tenant_id
         names = [f"class{i}" for i in range(classes)]
         dataset = Dataset(
             tenant_id=tenant, name="bench", path=str(home), class_names=names, num_train=1000
@@ -424,15 +425,10 @@ def closed_loop_bench(args: argparse.Namespace) -> None:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
         home = Path(tmp)
-        key, tenant, dataset_id = seed_tenant(url, home, args.classes)
-        (running,) = seed_jobs(url, home, tenant, args.running_steps, "running")
-        (finished,) = seed_jobs(url, home, tenant, args.steps, "succeeded")
-        body = {"model": args.model, "dataset_id": dataset_id, "queue": queue}
-        requests = {
-            "submit": http_request("POST", "/v1/jobs", key, body),
-            "running page": http_request("GET", f"/v1/jobs/{running}/metrics", key),
-            "finished page": http_request("GET", f"/v1/jobs/{finished}/metrics", key),
-        }
+        # A tenant per tree: each server's submissions count only its own queued jobs, so the
+        # tree measured second does not count the first one's too.
+        requests = {label: _tenant_requests(url, home, f"bench {i}", queue, args)
+                    for i, label in enumerate(trees)}  # fmt: skip
         print(f"\nclosed loop ({make_url(url).get_backend_name()}, broker {args.broker}, "
               f"{args.api_workers} API process(es) per server): submit = POST /v1/jobs "
               f"{args.model} on a {args.classes}-class dataset; running page = the first page "
@@ -451,14 +447,29 @@ def closed_loop_bench(args: argparse.Namespace) -> None:
                     )
                     for label, code in trees.items()
                 }
-                for scenario, request in requests.items():
-                    if scenario not in args.scenarios:
-                        continue
+                for scenario in args.scenarios:
                     for clients in args.clients:
                         for label, (base, pid) in servers.items():
+                            request = requests[label][scenario]
                             _closed_loop_run(scenario, label, base, pid, request, clients, args)
         finally:
             _drop_queue(args.broker, queue)
+
+
+def _tenant_requests(
+    url: str, home: Path, tenant_name: str, queue: str, args: argparse.Namespace
+) -> dict[str, bytes]:
+    """The request of each scenario for a new tenant with its dataset, running job and
+    finished job."""
+    key, tenant, dataset_id = seed_tenant(url, home, args.classes, tenant_name)
+    (running,) = seed_jobs(url, home, tenant, args.running_steps, "running")
+    (finished,) = seed_jobs(url, home, tenant, args.steps, "succeeded")
+    body = {"model": args.model, "dataset_id": dataset_id, "queue": queue}
+    return {
+        "submit": http_request("POST", "/v1/jobs", key, body),
+        "running page": http_request("GET", f"/v1/jobs/{running}/metrics", key),
+        "finished page": http_request("GET", f"/v1/jobs/{finished}/metrics", key),
+    }
 
 
 def _closed_loop_run(

@@ -253,7 +253,7 @@ def _add_round(
         session.add(job)
         session.flush()
         message = f"comparison {comparison_id}, arm {arm}, round {round_number} ({reason})"
-        jobstore.add_transition(session, job.id, JobState.queued, message)
+        jobstore.add_transition(session, job.id, JobState.queued, message, row=job)
         created.append(job)
     return created
 

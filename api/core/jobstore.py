@@ -20,11 +20,14 @@ def add_event(session: Session, job_id: int, state: str, message: str = "") -> N
     session.add(JobEvent(job_id=job_id, state=state, message=message))
 
 
-def add_transition(session: Session, job_id: int, state: JobState, message: str = "") -> None:
+def add_transition(
+    session: Session, job_id: int, state: JobState, message: str = "", row: Job | None = None
+) -> None:
     """Record, uncommitted, that the job entered ``state``: its event, and the webhook
-    deliveries the change calls for (``api.core.webhooks``), in the same transaction."""
+    deliveries the change calls for (``api.core.webhooks``; ``row``: the job as flushed, if
+    the caller holds it), in the same transaction."""
     add_event(session, job_id, state, message)
-    job_changed(session, job_id, state, message)
+    job_changed(session, job_id, state, message, row)
 
 
 def claim_job(session: Session, job_id: int, worker: str) -> bool:

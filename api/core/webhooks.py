@@ -33,15 +33,21 @@ def _occurred(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
 
-def job_changed(session: Session, job_id: int, state: JobState, message: str = "") -> None:
+def job_changed(
+    session: Session, job_id: int, state: JobState, message: str = "", row: Job | None = None
+) -> None:
     """Add, uncommitted, the deliveries job ``job_id`` entering ``state`` calls for: one to
-    the job's webhook, if it names one, and for a comparison's job the comparison's events."""
-    job = session.execute(
-        select(
-            Job.tenant_id, Job.spec, Job.comparison_id, Job.arm, Job.seed, Job.attempt,
-            Job.result, Job.failure_reason,
-        ).where(Job.id == job_id)
-    ).one()  # fmt: skip
+    the job's webhook, if it names one, and for a comparison's job the comparison's events.
+    ``row``: the job as flushed in this session, when the caller holds it (a job just
+    added), so it is not read back."""
+    job: Any = row
+    if job is None:
+        job = session.execute(
+            select(
+                Job.tenant_id, Job.spec, Job.comparison_id, Job.arm, Job.seed, Job.attempt,
+                Job.result, Job.failure_reason,
+            ).where(Job.id == job_id)
+        ).one()  # fmt: skip
     url = job.spec.get("webhook")
     if url:
         payload = {

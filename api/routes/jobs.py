@@ -14,7 +14,12 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from api.core.db.models import MAX_ROW_ID, TERMINAL_STATES, Job, JobState
 from api.core.job_spec import JobCreate
 from api.deps import SessionDep, SettingsDep, TenantDep
-from api.metric_pages import forget_jobs, job_metrics_page
+from api.metric_pages import (
+    DEFAULT_PAGE_ROWS,
+    DEFAULT_SINCE_STEP,
+    forget_jobs,
+    job_metrics_page,
+)
 from api.schemas.common import UNAUTHORIZED, Page
 from api.schemas.jobs import (
     SUBMIT_RESPONSES,
@@ -146,8 +151,8 @@ async def job_metrics(
     ] = None,
     since_step: Annotated[
         int, Query(ge=-1, le=MAX_ROW_ID, description="Only steps after this one.")
-    ] = -1,
-    limit: Annotated[int, Query(ge=50, le=10_000)] = 1000,
+    ] = DEFAULT_SINCE_STEP,
+    limit: Annotated[int, Query(ge=50, le=10_000)] = DEFAULT_PAGE_ROWS,
 ) -> Response:
     """Metrics with ``step > since_step``, ordered by step; a page never splits a step.
 
@@ -157,7 +162,8 @@ async def job_metrics(
     """
     # Pages that can no longer change (settled: see job_metrics_page) are built once per API
     # process and kept under the tenant; a job stays its tenant's, so such a page needs no
-    # lookup of the job either.
+    # lookup of the job either. With the key remembered, api.kept_pages answers them before
+    # routing; they come here when it was not.
     state = request.app.state
     key = (tenant_id, job_id, keys, since_step, limit)
     kept = state.metrics_pages.get(key)

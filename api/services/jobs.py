@@ -87,6 +87,16 @@ def _check_budgets(resolved: ResolvedTraining, settings: Settings) -> None:
         raise invalid_field(["train"], too_large)
 
 
+def _active_jobs(tenant_id: int) -> Any:
+    """The tenant's count of queued and running jobs, as a scalar subquery."""
+    return (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.state.in_(ACTIVE_STATES))
+        .scalar_subquery()
+    )
+
+
 def check_job_spec(
     session: Session, tenant_id: int, body: JobCreate, settings: Settings
 ) -> ResolvedTraining:
@@ -97,6 +107,14 @@ def check_job_spec(
     dataset = session.scalar(
         select(Dataset).where(Dataset.id == body.dataset_id, Dataset.tenant_id == tenant_id)
     )
+    return _check_against(session, tenant_id, body, settings, dataset)
+
+
+def _check_against(
+    session: Session, tenant_id: int, body: JobCreate, settings: Settings, dataset: Dataset | None
+) -> ResolvedTraining:
+    """``check_job_spec`` with the tenant's ``dataset`` of ``body.dataset_id`` (None: none)
+    already read."""
     if dataset is None:
         raise invalid_field(["dataset_id"], f"no dataset {body.dataset_id}; see GET /v1/datasets")
     if dataset.status != "ready":
@@ -165,7 +183,7 @@ def add_job(session: Session, job: Job, resolved: ResolvedTraining, message: str
     job.max_batches = resolved.max_batches
     session.add(job)
     session.flush()
-    job_ops.add_transition(session, job.id, JobState.queued, message)
+    job_ops.add_transition(session, job.id, JobState.queued, message, row=job)
     for note in resolved.notes:
         job_ops.add_event(session, job.id, JobState.queued, f"note: {note}")
     for warning in resolved.warnings:
@@ -190,13 +208,12 @@ def enqueue(celery: Celery, session: Session, queued: Sequence[Job]) -> None:
 def check_active_jobs(session: Session, tenant_id: int, settings: Settings, adding: int) -> None:
     """OverLimit when ``adding`` more jobs would pass the tenant's limit of queued + running
     jobs."""
+    _refuse_over_limit(session.scalar(select(_active_jobs(tenant_id))) or 0, settings, adding)
+
+
+def _refuse_over_limit(active: int, settings: Settings, adding: int) -> None:
     limit = settings.max_active_jobs
-    active = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.tenant_id == tenant_id, Job.state.in_(ACTIVE_STATES))
-    )
-    if (active or 0) + adding > limit:
+    if active + adding > limit:
         raise OverLimit(
             f"you have {active} jobs queued or running and may have {limit} at once; this "
             f"request adds {adding}. Wait for some to finish or cancel them"
@@ -208,8 +225,15 @@ def create_job(
 ) -> JobPublic:
     """Check ``body``, store the job queued and send its task (Invalid, OverLimit or
     Unavailable otherwise)."""
-    resolved = check_job_spec(session, tenant_id, body, settings)
-    check_active_jobs(session, tenant_id, settings, 1)
+    # The dataset and the tenant's active jobs in one round trip; checked in the same order
+    # as check_job_spec then check_active_jobs would.
+    dataset, active = session.execute(
+        select(Dataset, _active_jobs(tenant_id)).where(
+            Dataset.id == body.dataset_id, Dataset.tenant_id == tenant_id
+        )
+    ).first() or (None, 0)
+    resolved = _check_against(session, tenant_id, body, settings, dataset)
+    _refuse_over_limit(active, settings, 1)
     job = Job(
         tenant_id=tenant_id, spec=body.model_dump(mode="json"), queue=body.queue, seed=body.seed,
         sent_at=utcnow(),  # its task is sent right after the row is committed
