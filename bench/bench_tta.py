@@ -20,7 +20,7 @@ this project's, e.g.::
         > ~/.cache/aetrain-bench/ultra/lib/python3.11/site-packages/aetrain.pth
     ~/.cache/aetrain-bench/ultra/bin/pip install ultralytics
 
-    python bench/bench_tta.py --epochs 20 --seeds 0,1 --out /tmp/tta
+    python bench/bench_tta.py --epochs 20 --seeds 0,1,2 --threads 1 --out /tmp/tta
 """
 
 import argparse
@@ -39,8 +39,13 @@ ULTRALYTICS = {"yolov8n": "yolov8n.yaml", "yolov3-tinyu": "yolov3-tinyu.yaml"}
 DEFAULT_ULTRA_PYTHON = Path.home() / ".cache/aetrain-bench/ultra/bin/python"
 # aetrain's recommended setup for small data (docs/training.md); --aetrain-cfg/--aetrain-train
 # try others.
-DEFAULT_CFG = "yolov3-tiny-small-tuned"
-DEFAULT_TRAIN: dict[str, Any] = {"batch": 8, "subdivisions": 1, "multiscale": False}
+DEFAULT_CFG = "yolov3-tiny-3l-small-tuned"
+DEFAULT_TRAIN: dict[str, Any] = {
+    "batch": 8,
+    "subdivisions": 1,
+    "multiscale": False,
+    "anchors": "fit",
+}
 
 
 def main() -> None:
