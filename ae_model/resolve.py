@@ -151,7 +151,7 @@ def resolve_training(
     train_images: int,
     num_classes: int | None = None,
     ae: AEConfig | None = None,
-    box_sizes: Any = None,
+    box_sizes: np.ndarray | None = None,
 ) -> ResolvedTraining:
     """Resolve a run of ``cfg`` with ``options`` on a dataset of ``train_images`` training
     images and ``num_classes`` classes (None: the cfg's), with AE placed per ``ae``.
@@ -275,7 +275,11 @@ def _retarget(text: str, source: str, num_classes: int) -> DarknetConfig:
 
 
 def _fit_anchors(
-    cfg: DarknetConfig, layers: tuple[LayerRow, ...], box_sizes: Any, width: int, height: int
+    cfg: DarknetConfig,
+    layers: tuple[LayerRow, ...],
+    box_sizes: np.ndarray | None,
+    width: int,
+    height: int,
 ) -> tuple[DarknetConfig, tuple[tuple[int, int], ...] | None, str]:
     """The cfg with anchors fitted to ``box_sizes`` at ``width x height`` written into every
     head, the anchors, and a note in words.
