@@ -173,6 +173,7 @@ def test_submit_shows_the_api_error_beside_the_field_then_the_loss_curve_arrives
     for name, value in TRAIN.items():
         page.fill(f"[name='train.{name}']", value)
     page.fill("[name=seeds]", "0,1")
+    page.select_option("[name='train.anchors']", "fit")  # choices read from the OpenAPI schema
     expect(page.locator("[name='ae.layers']")).to_have_value("stride:16")
     _shoot(page, shots, "submit")
     page.click("#submit-form button[type=submit]")
@@ -191,6 +192,8 @@ def test_submit_shows_the_api_error_beside_the_field_then_the_loss_curve_arrives
     # The stream also tells the page when the job ends, and every row has arrived by then.
     expect(state).to_have_text("succeeded", timeout=TRAINED_MS)
     job_id = int(page.url.rsplit("/", 1)[1])
+    job = server[0].get(f"/v1/jobs/{job_id}")
+    assert job["spec"]["train"]["anchors"] == "fit" and job["resolved"]["anchors_fitted"]
     keys = "loss,loss_box,loss_obj,loss_cls"
     stored = server[0].get(f"/v1/jobs/{job_id}/metrics", params={"keys": keys, "limit": 10_000})
     assert stored["next_since_step"] is None  # one page holds them all

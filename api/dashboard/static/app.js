@@ -757,8 +757,9 @@ function compact(object) {
 }
 
 async function submitPage(root, signal, query) {
-  const [models, datasets, schedules, modes] = await Promise.all([
+  const [models, datasets, schedules, modes, anchors] = await Promise.all([
     get("/v1/models?limit=500", signal), get("/v1/datasets?limit=500", signal), enumValues("AESpec", "schedule"), enumValues("AESpec", "mode"),
+    enumValues("TrainSpec", "anchors"),
   ]);
   const ready = datasets.data.filter((d) => d.status === "ready");
   const kind = query.get("kind") === "comparison" ? "comparison" : "job";
@@ -775,6 +776,7 @@ async function submitPage(root, signal, query) {
     field("Batch", input("train.batch", { type: "number", value: "8" }), "images per iteration"),
     field("Input size", input("train.width", { type: "number", value: "128" }), "width = height, a multiple of 32"),
     field("Evaluate every", input("train.eval_interval", { type: "number", value: "50" }), "iterations (0: at the end only)"),
+    field("Anchors", selectOf("train.anchors", anchors, "cfg"), "cfg: as the cfg says; fit: fitted to the dataset's boxes when the job starts"),
     kind === "job" ? field("Seed", input("seed", { type: "number", value: "0" })) : field("Seeds", input("seeds", { value: "0,1,2" }), "comma-separated; one job per arm and seed"),
     field("AE placement", placement, kind === "comparison" ? "the AE arm's layer; the baseline arm has none" : "a stride (the documented rule) or a layer picked in the table below"),
     field("AE schedule", selectOf("ae.schedule", schedules, "cosine")),
@@ -856,6 +858,7 @@ function jobBody(form) {
     train: compact({
       max_batches: numberOf(form, "train.max_batches"), batch: numberOf(form, "train.batch"),
       width: size, height: size, multiscale: false, eval_interval: numberOf(form, "train.eval_interval"),
+      anchors: form.elements["train.anchors"].value || undefined,
     }),
     ae: aeBody(form) ?? undefined,
   });
