@@ -24,6 +24,7 @@ this project's, e.g.::
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -134,7 +135,11 @@ def compare(args: argparse.Namespace) -> None:
             print(f"[{time.perf_counter() - started:6.0f} s] {system} seed {seed} ...", flush=True)
             # A run's command (the system's setup: aetrain's cfg and options mean nothing to
             # Ultralytics) is kept beside its curve, so --reuse takes only a run made alike.
-            setup = command[2:] if system == "aetrain" else command[2:-4]
+            setup = (
+                [*command[2:], cfg_digest(args.aetrain_cfg)]
+                if system == "aetrain"
+                else command[2:-4]
+            )
             stamp = out / "command.json"
             reused = (
                 args.reuse
@@ -162,6 +167,13 @@ def compare(args: argparse.Namespace) -> None:
                 flush=True,
             )
     report(args, curves)
+
+
+def cfg_digest(name: str) -> str:
+    """A digest of the cfg's text: a bundled cfg edited since a run is another setup."""
+    from ae_model.cfg import resolve_cfg
+
+    return hashlib.sha256(resolve_cfg(name).text.encode()).hexdigest()[:16]
 
 
 def prepare_data(args: argparse.Namespace) -> Path:
