@@ -59,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def phase_split(trainer: Trainer, size: int, count: int) -> list[tuple[str, float]]:
     """Median ms per image of decoding, crop-and-resize, and HSV jitter, in this process."""
-    params = trainer.augment_params
+    params = trainer.resolved.augment
     no_hsv = replace(params, hue=0.0, saturation=1.0, exposure=1.0)
     decode, warp, full = [], [], []
     for i in range(count):
@@ -87,7 +87,7 @@ def loader_rate(trainer: Trainer, args: argparse.Namespace, workers: int) -> flo
     """Images/s of the Trainer's loader with ``workers`` processes, after they have started."""
     loader = build_loader(
         trainer.train_set, batch_size=args.batch, img_size=args.size, train=True,
-        seed=args.seed, workers=workers, augment_params=trainer.augment_params,
+        seed=args.seed, workers=workers, augment_params=trainer.resolved.augment,
         iterations=None,
     )  # fmt: skip
     batches = iter(loader)

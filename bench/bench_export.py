@@ -12,6 +12,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,9 +56,9 @@ def main() -> None:
     for name in args.cfgs:
         model = Darknet(resolve_cfg(name))
         script = median_seconds(
-            lambda m=model: export_onnx(m, target, args.size, args.size), args.repeats
+            partial(export_onnx, model, target, args.size, args.size), args.repeats
         )
-        dynamo = median_seconds(lambda m=model: dynamo_export(m, args.size), args.repeats)
+        dynamo = median_seconds(partial(dynamo_export, model, args.size), args.repeats)
         print(f"{name:<24} {script:>14.2f} {dynamo:>10.2f} {dynamo / script:>6.1f}x")
 
 

@@ -230,7 +230,7 @@ def build_aetrain(
     trainer = Trainer(config)
     loader = build_loader(
         trainer.train_set, batch_size=batch, img_size=args.size, train=True, seed=args.seed,
-        augment_params=trainer.augment_params,
+        augment_params=trainer.resolved.augment,
     )  # fmt: skip
     images, targets = next(iter(loader))
     return trainer, images.to(trainer.device), targets.to(trainer.device)
@@ -431,7 +431,7 @@ def profile_aetrain(
     # What the step does not include: the Trainer's data loading (main process, workers=0).
     loader = build_loader(
         trainer.train_set, batch_size=batch, img_size=args.size, train=True, seed=args.seed,
-        augment_params=trainer.augment_params,
+        augment_params=trainer.resolved.augment,
     )  # fmt: skip
     stream = iter(loader)
     load_s = []

@@ -220,10 +220,13 @@ class CheckpointExport(Hook):
         artifacts: Path,
         store: ArtifactStore | None = None,
     ) -> None:
-        self.sessions = sessions
         self.job_id = job_id
         self.artifacts = artifacts
         self.store = store if store is not None else LocalStore(artifacts)
+        # A checkpoint's rows wait for an unreachable database, like the writes before it.
+        self.link = DatabaseLink(
+            sessions, job_id, "checkpoint rows wait for it", "checkpoint rows written"
+        )
 
     def after_checkpoint(self, trainer: Trainer, path: Path) -> None:
         weights = path.with_suffix(".weights")
@@ -236,9 +239,12 @@ class CheckpointExport(Hook):
         for file in (path, weights):
             self.store.put_file(file.relative_to(self.artifacts).as_posix(), file)
         metrics = _metrics_at(trainer, trainer.iteration)
-        with self.sessions() as session:
+
+        def record(session: Session) -> None:  # rows are upserted: a retry rewrites them
             for file in (path, weights):
                 self._record(session, file, trainer.iteration, metrics)
+
+        self.link.write(record, wait=True)
 
     def _record(
         self, session: Session, file: Path, iteration: int, metrics: dict[str, float]
@@ -282,15 +288,19 @@ class CheckpointExport(Hook):
         except Exception as error:  # any exporter failure; the checkpoint itself is fine
             log.warning("job %s: %s not exported", self.job_id, onnx.name, exc_info=True)
             message = f"{checkpoint.stem}: no ONNX file, the export failed: {error}"
-            with self.sessions() as session:
+
+            def note(session: Session) -> None:
                 jobs.add_event(session, self.job_id, JobState.running, message)
                 session.commit()
+
+            self.link.write(note, wait=True)
             return
         exported.append((network, onnx))
         self.store.put_file(onnx.relative_to(self.artifacts).as_posix(), onnx)
         metrics = _metrics_at(trainer, network.iteration)
-        with self.sessions() as session:
-            self._record(session, onnx, network.iteration, metrics)
+        self.link.write(
+            lambda session: self._record(session, onnx, network.iteration, metrics), wait=True
+        )
 
 
 def _metrics_at(trainer: Trainer, iteration: int) -> dict[str, float]:

@@ -7,7 +7,7 @@ Imported inside the Celery task, in the worker's child process: this module impo
 import logging
 import multiprocessing
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,13 @@ from api.core.job_spec import CheckpointStart, JobCreate, ModelWeightsStart
 from api.core.model_refs import ModelCfg, resolve_model
 from api.core.settings import Settings
 from worker import celery_app
-from worker.hooks import CheckpointExport, JobControl, JobLostError, MetricsWriter
+from worker.hooks import (
+    CheckpointExport,
+    DatabaseLink,
+    JobControl,
+    JobLostError,
+    MetricsWriter,
+)
 from worker.job_config import train_config
 
 log = logging.getLogger(__name__)
@@ -191,14 +197,27 @@ def _prepare(
         resume=resume if resuming else None,
     )
     resolved = trainer.config.resolved
-    with sessions() as session:
+
+    def record(session: Session) -> None:
         if trainer.start is not None and not resuming:  # a resume's weights are its own
             jobs.add_event(session, job_id, JobState.running, f"note: {trainer.start.describe()}")
         if resuming:
             jobs.add_event(session, job_id, JobState.running,
                            f"resumed from iteration {trainer.iteration} (last.pt)")  # fmt: skip
         jobs.save_resolved(session, job_id, resolved, trainer.resolved.max_batches)
+
+    _write_through_outage(sessions, job_id, record)
     return trainer, spec
+
+
+def _write_through_outage(
+    sessions: sessionmaker[Session], job_id: int, action: Callable[[Session], Any]
+) -> None:
+    """Run ``action`` in a session, waiting for an unreachable database as the hooks do
+    (``worker.hooks.DATABASE_WAIT_S``): a restart of the database between two of a job's
+    writes delays its record, it does not fail the job."""
+    link = DatabaseLink(sessions, job_id, "the job's record waits for it", "job recorded")
+    link.write(action, wait=True)
 
 
 def _fetch_last_checkpoint(store: ArtifactStore, key: str, resume: Path) -> bool:
@@ -222,9 +241,17 @@ def _train_claimed(
     retried) and returns, so Celery acknowledges the task; only a worker that dies without
     a word leaves the job to the reaper, which retries it."""
 
+    def finish(state: JobState, message: str = "", **outcome: Any) -> None:
+        _write_through_outage(
+            sessions,
+            job_id,
+            lambda session: jobs.finish_job(
+                session, job_id, state, message, worker=worker, **outcome
+            ),
+        )
+
     def fail(reason: str) -> None:
-        with sessions() as session:
-            jobs.finish_job(session, job_id, JobState.failed, failure_reason=reason, worker=worker)
+        finish(JobState.failed, failure_reason=reason)
 
     try:
         trainer, spec = _prepare(job_id, sessions, settings, worker)
@@ -252,11 +279,9 @@ def _train_claimed(
         return
     # A cancel that arrives during the final evaluation comes too late to stop anything.
     if trainer.stop_requested and trainer.iteration < trainer.resolved.max_batches:
-        with sessions() as session:
-            jobs.finish_job(
-                session, job_id, JobState.cancelled,
-                f"cancelled at iteration {trainer.iteration}; last checkpoint kept", worker=worker,
-            )  # fmt: skip
+        finish(
+            JobState.cancelled, f"cancelled at iteration {trainer.iteration}; last checkpoint kept"
+        )
         return
     try:
         result, detections = declared_evaluation(trainer, spec, final, open_store(settings), job_id)
@@ -267,13 +292,12 @@ def _train_claimed(
             f"{failure_reason(error)}"
         )
         return
-    with sessions() as session:
-        jobs.finish_job(
-            session, job_id, JobState.succeeded,
-            f"finished {trainer.iteration} iterations",
-            result={**result, **_seed_and_image_record(trainer, job_id, settings, detections)},
-            worker=worker,
-        )  # fmt: skip
+    record = _seed_and_image_record(trainer, job_id, settings, detections)
+    finish(
+        JobState.succeeded,
+        f"finished {trainer.iteration} iterations",
+        result={**result, **record},
+    )
 
 
 def declared_evaluation(

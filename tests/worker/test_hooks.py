@@ -206,6 +206,27 @@ def test_checkpoints_are_recorded_relative_to_the_artifact_root(
     assert header.seen == 10 * BATCH
 
 
+def test_checkpoint_rows_wait_for_a_database_that_went_down_after_the_flush(
+    sessions: sessionmaker[Session], job_id: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # before_checkpoint found the database up and it stopped before the rows were written (a
+    # restart mid-job can do that): the rows wait for it, the run does not crash.
+    refusals = [OperationalError("connect", {}, ConnectionRefusedError("server closed"))]
+
+    def restarting() -> Session:
+        if refusals:
+            raise refusals.pop()
+        return sessions()
+
+    export = _export(cast(sessionmaker[Session], restarting), job_id, tmp_path / "artifacts")
+    export()
+    assert "database unreachable, checkpoint rows wait for it" in caplog.text
+    assert "database back; checkpoint rows written" in caplog.text
+    with sessions() as session:
+        names = set(session.scalars(select(Checkpoint.name)))
+    assert names == {"last.pt", "last.weights"}
+
+
 def test_weights_are_replaced_whole_or_not_at_all(
     sessions: sessionmaker[Session],
     job_id: int,
