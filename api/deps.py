@@ -16,7 +16,10 @@ from api.heavy import HEAVY_THREADS, RETRY_AFTER_S, HeavyWork, TenantBusy
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer aet_...`")
 
 
-def get_settings_dep(request: Request) -> Settings:
+# The dependencies that only read app.state are coroutines: FastAPI runs a plain function
+# dependency in its thread pool, a thread hop per request (about a tenth of a submission's
+# CPU) for an attribute read.
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -58,7 +61,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=DB_SESSIONS)]
 
 
-def get_sessions(request: Request) -> sessionmaker[Session]:
+async def get_sessions(request: Request) -> sessionmaker[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
 
@@ -116,7 +119,7 @@ async def get_heavy_tenant(
     """The caller's tenant, holding one of its heavy slots until the route returns; 429 with
     ``Retry-After`` while the tenant has AETRAIN_MAX_HEAVY_PER_TENANT heavy requests running."""
     tenant_id = await _tenant_id(request, credentials, lambda key: _short_lookup(sessions, key))
-    heavy = get_heavy(request)
+    heavy: HeavyWork = request.app.state.heavy
     try:
         with heavy.slot(tenant_id):
             yield tenant_id
@@ -130,7 +133,7 @@ async def get_heavy_tenant(
         ) from None
 
 
-def get_heavy(request: Request) -> HeavyWork:
+async def get_heavy(request: Request) -> HeavyWork:
     heavy: HeavyWork = request.app.state.heavy
     return heavy
 

@@ -1,13 +1,17 @@
 """The small-scale AE replication of docs/results.md, run through the service.
 
-yolov3-tiny (darknet's cfg, ``flip=0`` because mirrored digits are other glyphs or none) on a
-generated ``digits`` dataset; arms: baseline, AE at stride 16 and AE at stride 8, each with
-the cosine alpha schedule over the whole run; ``--seeds`` seeds per arm, paired by seed. Runs
-on the embedded default (SQLite, file-system broker, one worker) in a temporary home unless
-``--server`` names a running aetrain; writes the comparison's JSON and plot to ``--out`` and
-prints the table, the verdicts and the wall time.
+aetrain's recommended setup for small data (``yolov3-tiny-3l-small-tuned`` with anchors fitted
+to the data, docs/training.md) on a generated ``digits`` dataset; arms: baseline, AE at stride
+16 and AE at stride 8, each with the cosine alpha schedule over the whole run, paired by seed.
+Seeds until decided (docs/comparisons.md): ``--min-seeds`` first, then ``--round`` more at a
+time until every arm's anytime-valid interval excludes 0 or is narrower than
+``--target-effect``, or ``--max-seeds`` were tried. ``--seeds N`` runs N seeds instead.
 
-    python bench/replicate_digits.py --seeds 5 --out docs/results
+Runs on the embedded default (SQLite, file-system broker, one worker training two jobs at a
+time) in a temporary home unless ``--server`` names a running aetrain; writes the comparison's
+JSON and plot to ``--out`` and prints the table, the verdicts and the wall time.
+
+    python bench/replicate_digits.py --min-seeds 4 --max-seeds 20 --out docs/results
 """
 
 import argparse
@@ -19,40 +23,46 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ae_model.cfg import bundled_cfg_path
 from api.cli import run_comparison
 from api.client import Client, embedded_server
 from api.core.settings import Settings
 
 DATA = {"kind": "digits", "train": 600, "val": 150, "size": 128, "seed": 0,
         "min_scale": 0.12, "max_scale": 0.35, "max_objects": 4}  # fmt: skip
-TRAIN = {"batch": 8, "subdivisions": 1, "width": 128, "height": 128, "learning_rate": 0.003,
-         "burn_in": 100, "policy": "constant", "multiscale": False, "workers": 0}  # fmt: skip
+MODEL = "yolov3-tiny-3l-small-tuned"  # bundled; its recipe (rate, cosine, EMA, CIoU) applies
+TRAIN = {"batch": 8, "subdivisions": 1, "width": 128, "height": 128, "anchors": "fit",
+         "multiscale": False, "workers": 0, "nan_rollbacks": 2}  # fmt: skip
 
 
 def replicate(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     dataset = client.post("/v1/datasets/generate", {**DATA, "name": "replication digits"})
-    cfg = bundled_cfg_path("yolov3-tiny").read_text().replace("[net]", "[net]\nflip=0", 1)
-    model = client.post("/v1/models", {"name": "yolov3-tiny flip=0", "cfg": cfg})
     train = {**TRAIN, "max_batches": args.max_batches, "eval_interval": args.max_batches // 4,
              "checkpoint_interval": args.max_batches // 4}  # fmt: skip
+    until = {"min": args.min_seeds, "max": args.max_seeds, "round": args.round, "until": "decided"}
+    seeds: list[int] | dict[str, Any] = list(range(args.seeds)) if args.seeds else until
+    said = f"{args.seeds} seeds" if args.seeds else "seeds until decided"
     body = {
-        "name": f"replication: yolov3-tiny on digits, AE stride 8/16 vs baseline, {args.seeds} "
-        "seeds",
-        "base": {"model": model["id"], "dataset_id": dataset["id"], "train": train},
+        "name": f"replication: {MODEL} on digits, AE stride 8/16 vs baseline, {said}",
+        "base": {"model": MODEL, "dataset_id": dataset["id"], "train": train},
         "arms": [
             {"name": "baseline", "ae": None},
             {"name": "ae-stride16", "ae": {"layers": {"stride": 16}, "schedule": "cosine"}},
             {"name": "ae-stride8", "ae": {"layers": {"stride": 8}, "schedule": "cosine"}},
         ],
-        "seeds": list(range(args.seeds)),
+        "seeds": seeds,
+        "target_effect": args.target_effect,
     }
     return run_comparison(client, body, args.out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, help="a fixed number of seeds instead of rounds")
+    parser.add_argument("--min-seeds", type=int, default=4, help="seeds of the first round")
+    parser.add_argument("--max-seeds", type=int, default=20, help="most seeds tried")
+    parser.add_argument("--round", type=int, default=2, help="seeds each later round adds")
+    parser.add_argument("--target-effect", type=float, default=0.01,
+                        help="AP difference worth resolving, 0.01 = 1 AP")  # fmt: skip
     parser.add_argument("--max-batches", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--server", help="a running aetrain server (default: embedded)")
