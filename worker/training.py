@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from sqlalchemy import select
@@ -39,6 +39,7 @@ from worker.hooks import (
 from worker.job_config import train_config
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # The per-image matches of a job's best checkpoint on test, for its image bootstrap.
 DETECTIONS_BEST_TEST = "detections-best-test.json.gz"
 
@@ -86,10 +87,9 @@ def run_job(job_id: int, sessions: sessionmaker[Session], settings: Settings, wo
     """
     if settings.worker_threads:  # the worker's share of the cores (AETRAIN_WORKER_THREADS)
         torch.set_num_threads(settings.worker_threads)
-    with sessions() as session:
-        if not jobs.claim_job(session, job_id, worker):
-            log.warning("job %s is not queued; duplicate delivery ignored", job_id)
-            return
+    if not _through_outage(sessions, job_id, lambda s: jobs.claim_job(s, job_id, worker)):
+        log.warning("job %s is not queued; duplicate delivery ignored", job_id)
+        return
     with heartbeat_thread(sessions, job_id, worker, settings.heartbeat_interval_s):
         _train_claimed(job_id, sessions, settings, worker)
     _advance_comparison(job_id, sessions, settings)
@@ -120,18 +120,17 @@ class JobInputs:
     start: tuple[str, int | None] | None
 
 
-def _job_inputs(sessions: sessionmaker[Session], job_id: int) -> JobInputs:
+def _job_inputs(session: Session, job_id: int) -> JobInputs:
     """The job's inputs; ``LookupError`` saying which reference names nothing any more."""
-    with sessions() as session:
-        job = session.get_one(Job, job_id)
-        spec = JobCreate.model_validate(job.spec)
-        dataset = session.scalar(
-            select(Dataset).where(Dataset.id == spec.dataset_id, Dataset.tenant_id == job.tenant_id)
-        )
-        if dataset is None:
-            raise LookupError(f"no dataset {spec.dataset_id}; see GET /v1/datasets")
-        model = resolve_model(session, job.tenant_id, spec.model)
-        return JobInputs(spec, model, dataset, _start(session, job.tenant_id, spec, model))
+    job = session.get_one(Job, job_id)
+    spec = JobCreate.model_validate(job.spec)
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.id == spec.dataset_id, Dataset.tenant_id == job.tenant_id)
+    )
+    if dataset is None:
+        raise LookupError(f"no dataset {spec.dataset_id}; see GET /v1/datasets")
+    model = resolve_model(session, job.tenant_id, spec.model)
+    return JobInputs(spec, model, dataset, _start(session, job.tenant_id, spec, model))
 
 
 def _start(
@@ -173,7 +172,7 @@ def _prepare(
     Raises what stops it from being built: the user errors that say what to change (a missing
     model or dataset, a cfg or settings the Trainer refuses), and anything else (an unknown
     CUDA device)."""
-    inputs = _job_inputs(sessions, job_id)
+    inputs = _through_outage(sessions, job_id, lambda session: _job_inputs(session, job_id))
     spec, store = inputs.spec, open_store(settings)
     if spec.train.workers:
         _allow_loader_processes()
@@ -206,18 +205,20 @@ def _prepare(
                            f"resumed from iteration {trainer.iteration} (last.pt)")  # fmt: skip
         jobs.save_resolved(session, job_id, resolved, trainer.resolved.max_batches)
 
-    _write_through_outage(sessions, job_id, record)
+    _through_outage(sessions, job_id, record)
     return trainer, spec
 
 
-def _write_through_outage(
-    sessions: sessionmaker[Session], job_id: int, action: Callable[[Session], Any]
-) -> None:
-    """Run ``action`` in a session, waiting for an unreachable database as the hooks do
-    (``worker.hooks.DATABASE_WAIT_S``): a restart of the database between two of a job's
-    writes delays its record, it does not fail the job."""
+def _through_outage(
+    sessions: sessionmaker[Session], job_id: int, action: Callable[[Session], T]
+) -> T:
+    """What ``action`` returns, run in a session that waits for an unreachable database as
+    the hooks do (``worker.hooks.DATABASE_WAIT_S``): a database restarting while a job starts
+    or ends delays its record, it does not fail the job."""
     link = DatabaseLink(sessions, job_id, "the job's record waits for it", "job recorded")
-    link.write(action, wait=True)
+    returned: list[T] = []
+    link.write(lambda session: returned.append(action(session)), wait=True)
+    return returned[-1]
 
 
 def _fetch_last_checkpoint(store: ArtifactStore, key: str, resume: Path) -> bool:
@@ -242,7 +243,7 @@ def _train_claimed(
     a word leaves the job to the reaper, which retries it."""
 
     def finish(state: JobState, message: str = "", **outcome: Any) -> None:
-        _write_through_outage(
+        _through_outage(
             sessions,
             job_id,
             lambda session: jobs.finish_job(

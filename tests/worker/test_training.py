@@ -6,10 +6,12 @@ process, a job on a CUDA device this machine does not have."""
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.db import Tenant, make_engine, make_session_factory
@@ -17,6 +19,7 @@ from api.core.db.models import Dataset, Job, JobEvent, JobState
 from api.core.settings import Settings
 from api.migrate import upgrade
 from tests.api.routes.conftest import TINY_TRAIN, running_service
+from worker import hooks as worker_hooks
 from worker import training
 from worker.training import run_job
 
@@ -131,3 +134,32 @@ def test_a_job_on_a_missing_cuda_device_fails_on_its_first_attempt(
         log = client.get(f"{url}/log", headers=auth).json()["data"]
         assert [e["state"] for e in log] == ["queued", "running", "failed"], log
         assert log[-1]["message"] == job["failure_reason"]
+
+
+def test_a_database_refusing_every_other_session_delays_the_job_but_fails_nothing_else(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    job_id: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A PostgreSQL restart as the worker sees it: sessions that cannot connect, between
+    # sessions that can. Claiming the job, reading its inputs and recording its outcome wait
+    # for the database (without the seconds of real waiting); the outcome is the trainer's.
+    opened = 0
+
+    def restarting() -> Session:
+        nonlocal opened
+        opened += 1
+        if opened % 2:
+            raise OperationalError("connect", {}, ConnectionRefusedError("the database restarts"))
+        return sessions()
+
+    monkeypatch.setattr(worker_hooks, "time", SimpleNamespace(monotonic=time.monotonic,
+                                                              sleep=lambda s: None))  # fmt: skip
+    monkeypatch.setattr(training, "Trainer", _FailsToTrain)
+    run_job(job_id, cast(sessionmaker[Session], restarting), settings, WORKER)
+    job, events = _outcome(sessions, job_id)
+    reason = "training crashed at iteration 7: _Unexpected: the loader broke"
+    assert (job.state, job.failure_reason, job.attempt) == (JobState.failed, reason, 1)
+    assert events[-1] == reason
+    assert opened >= 8  # every write above met a refusal first
