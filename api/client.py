@@ -7,9 +7,11 @@ or started here (``aetrain serve`` in a child process, embedded mode).
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -285,12 +287,34 @@ def embedded_server(settings: Settings, log: Path, timeout: float = 120) -> Iter
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(base, proc, log, timeout)
-        key = (settings.home / "api_key").read_text().strip()
-        yield Client(base, key)
+        with _terminate_as_exit():
+            wait_until_serving(base, proc, log, timeout)
+            key = (settings.home / "api_key").read_text().strip()
+            yield Client(base, key)
     finally:
+        # `serve` stops its worker on SIGTERM within a minute (warm, then cold shutdown);
+        # killed sooner, it would leave the worker training on with no server.
         proc.terminate()
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """For the block, SIGTERM raises SystemExit in the main thread, so the caller's cleanup
+    runs (a `kill` of `aetrain quickstart` stops its server and worker too); a no-op in
+    other threads, which cannot set signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

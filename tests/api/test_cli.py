@@ -1,5 +1,6 @@
 """The service commands: `aetrain serve` embedded (API + worker process) and `aetrain keys`."""
 
+import contextlib
 import json
 import os
 import signal
@@ -145,3 +146,33 @@ def test_keys_list_and_revoke(tmp_path: Path) -> None:
     engine.dispose()
     listed = aetrain("list").stdout.splitlines()
     assert "revoked" in listed[0] and listed[1].endswith("active")
+
+
+def test_a_terminated_embedded_client_stops_its_server_and_worker(tmp_path: Path) -> None:
+    # `aetrain quickstart` or bench/replicate_digits.py killed with SIGTERM (not Ctrl-C): the
+    # server and worker it started stop too, instead of training on with nobody to ask.
+    home = tmp_path / "home"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from api.client import embedded_server\n"
+        "from api.core.settings import Settings\n"
+        "home = Path(sys.argv[1])\n"
+        "with embedded_server(Settings(home=home), home / 'server.log') as client:\n"
+        "    print('serving', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(home)], env=_env(home), stdout=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "serving"
+        assert len(_processes_with_home(home)) >= 3  # this client, the server, its worker
+        proc.terminate()
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        remaining = _processes_with_home(home)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the server shares the client's group
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert remaining == []
