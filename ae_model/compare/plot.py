@@ -93,8 +93,8 @@ def _plot_per_seed(ax: Any, summary: ComparisonSummary) -> None:
     ax.set_xlim(-0.5, len(summary.arms) - 0.5)
     ax.set_ylabel(f"{summary.headline} (points)")
     ax.set_title(f"{summary.headline} per seed (a line joins one seed across arms)")
-    if seeds and len(seeds) <= 12:
-        ax.legend(fontsize="small")
+    if seeds and len(seeds) <= 12:  # two columns past six seeds: half the height over the data
+        ax.legend(fontsize="small", ncol=1 if len(seeds) <= 6 else 2)
 
 
 def _plot_differences(ax: Any, summary: ComparisonSummary) -> None:
@@ -144,6 +144,9 @@ def _plot_interval_sequence(ax: Any, summary: ComparisonSummary) -> None:
     level = 1 - (1 - summary.confidence) / max(1, len(others))
     ax.axhline(0, color="grey", linewidth=1)
     drawn = False
+    # The y range shows the later half of the pairs: the intervals of the first few pairs are
+    # tens of times wider (t with 1 degree of freedom) and would flatten everything after.
+    shown: list[float] = [0.0]
     for arm in others:
         d = summary.per_metric[summary.headline].differences[arm]
         values = 100 * np.array([d.per_seed[seed] for seed in sorted(d.per_seed)])
@@ -162,7 +165,14 @@ def _plot_interval_sequence(ax: Any, summary: ComparisonSummary) -> None:
         finite = np.isfinite(sequence).all(axis=1)
         ax.fill_between(n[finite], sequence[finite, 0], sequence[finite, 1], color=colour,
                         alpha=0.15, label="confidence sequence (any n)")  # fmt: skip
+        later = n >= max(2, math.ceil(len(values) / 2))
+        shown += [*mean[later], *(mean - half)[later], *(mean + half)[later]]
+        shown += list(sequence[later & finite].ravel())
         drawn = True
+    if drawn:
+        low, high = min(shown), max(shown)
+        margin = 0.15 * (high - low) or 1.0
+        ax.set_ylim(low - margin, high + margin)
     ax.set_xlabel("seed pairs")
     ax.set_ylabel(f"{summary.headline} difference (points), arm - {summary.reference}")
     ax.set_title(f"{summary.headline} difference as pairs accrue, {level * 100:.3g}%")

@@ -433,3 +433,9 @@ def test_the_interval_sequence_panel_draws_each_pairs_intervals() -> None:
     low, high = confidence_sequence(list(points), 0.95)
     assert (at_8.min(), at_8.max()) == pytest.approx((low, high))
     assert low < points.mean() - half and "pairs accrue" in ax.get_title()
+    # The y range fits the later half of the pairs (and 0), not the 2-pair t-interval that is
+    # many times wider.
+    bottom, top = ax.get_ylim()
+    assert bottom <= min(0.0, low) and top >= max(0.0, high)
+    assert lower[0] < bottom or upper[0] > top
+    assert top - bottom < (upper[0] - lower[0]) / 2
