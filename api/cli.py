@@ -176,6 +176,7 @@ def serve(
     and a worker process, all under AETRAIN_HOME; the first start creates an API key."""
     import uvicorn
 
+    from api.client import terminate_as_exit
     from api.core.settings import get_settings
     from api.main import create_app
     from api.migrate import upgrade
@@ -203,19 +204,17 @@ def serve(
         child = subprocess.Popen(_worker_command("cpu", jobs), env=_worker_env(jobs))
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it lets the
     # `finally` below stop the worker instead of killing this process on the spot.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        if workers == 1:
-            uvicorn.run(create_app(settings), host=host, port=port)
-        else:  # each process builds the same app from the environment's settings
-            uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers)
-    finally:
-        if child is not None:
-            _stop_worker(child)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    with terminate_as_exit():
+        try:
+            if workers == 1:
+                uvicorn.run(create_app(settings), host=host, port=port)
+            else:  # each process builds the same app from the environment's settings
+                uvicorn.run(
+                    "api.main:create_app", factory=True, host=host, port=port, workers=workers
+                )
+        finally:
+            if child is not None:
+                _stop_worker(child)
 
 
 def _stop_worker(child: subprocess.Popen[bytes]) -> None:

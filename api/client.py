@@ -287,7 +287,7 @@ def embedded_server(settings: Settings, log: Path, timeout: float = 120) -> Iter
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        with _terminate_as_exit():
+        with terminate_as_exit():
             wait_until_serving(base, proc, log, timeout)
             key = (settings.home / "api_key").read_text().strip()
             yield Client(base, key)
@@ -302,10 +302,10 @@ def embedded_server(settings: Settings, log: Path, timeout: float = 120) -> Iter
 
 
 @contextmanager
-def _terminate_as_exit() -> Iterator[None]:
+def terminate_as_exit() -> Iterator[None]:
     """For the block, SIGTERM raises SystemExit in the main thread, so the caller's cleanup
-    runs (a `kill` of `aetrain quickstart` stops its server and worker too); a no-op in
-    other threads, which cannot set signal handlers."""
+    runs (a `kill` of `aetrain quickstart` stops its server and worker too, `aetrain serve`
+    its worker); a no-op in other threads, which cannot set signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
