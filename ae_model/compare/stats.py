@@ -170,6 +170,7 @@ def sequential_decision(
     max_pairs: int,
     target_effect: float | None = None,
     confidence: float = 0.95,
+    shown_as: tuple[float, str] = (1.0, ""),
 ) -> SequentialDecision:
     """Stop or continue after the paired differences so far (one per round, in order).
 
@@ -177,6 +178,8 @@ def sequential_decision(
     below ``target_effect / 2`` (any difference is smaller than the target), or at
     ``max_pairs``; never before ``min_pairs``. Valid under peeking after every pair: the
     chance that the interval ever excludes a true mean of 0 is at most ``1 - confidence``.
+    ``shown_as`` (factor, unit) is how the reason writes the interval and the target, e.g.
+    ``(100, " AP")`` for AP fractions; the returned interval is in the input's units.
     """
     if min_pairs < 2 or max_pairs < min_pairs:
         raise ValueError(f"need 2 <= min_pairs <= max_pairs, got {min_pairs} and {max_pairs}")
@@ -186,14 +189,19 @@ def sequential_decision(
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     n = len(differences)
     low, high = confidence_sequence(differences, confidence)
-    level = f"{confidence * 100:g}% confidence sequence [{low:+.4g}, {high:+.4g}]"
+    factor, unit = shown_as
+    level = (
+        f"{confidence * 100:g}% confidence sequence [{low * factor:+.4g}, {high * factor:+.4g}]"
+        f"{unit}"
+    )
     if n < min_pairs:
         return SequentialDecision(False, f"{n} of at least {min_pairs} pairs", n, (low, high))
     if low > 0 or high < 0:
         kind = "gain" if low > 0 else "loss"
         return SequentialDecision(True, f"a {kind}: {level} excludes 0", n, (low, high))
     if target_effect is not None and (high - low) / 2 < target_effect / 2:
-        said = f"any difference is smaller than the target {target_effect:g}: {level}"
+        target = f"{target_effect * factor:g}{unit}"
+        said = f"any difference is smaller than the target {target}: {level}"
         return SequentialDecision(True, said, n, (low, high))
     if n >= max_pairs:
         return SequentialDecision(

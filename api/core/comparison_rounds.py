@@ -68,6 +68,7 @@ def sequential_decisions(
             max_pairs=rounds.max + 1,
             target_effect=spec.target_effect,
             confidence=arm_confidence(spec),
+            shown_as=(100, " AP"),  # in points, as the table beside it
         )
         for arm, diff in differences.items()
     }

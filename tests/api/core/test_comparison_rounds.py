@@ -111,6 +111,8 @@ def test_a_clear_gain_stops_once_the_sequence_excludes_zero(session: Session) ->
     assert row.decided_at is not None
     assert row.stop_reason is not None and "decided after 4 seeds" in row.stop_reason
     assert "a gain" in row.stop_reason and "excludes 0" in row.stop_reason
+    # In AP points, as the table beside it (+5 on every pair: no spread).
+    assert "confidence sequence [+5, +5] AP excludes 0" in row.stop_reason
     assert advance_comparison(session, cid, SETTINGS, send) is None  # stopped: stays stopped
     assert len(sent) == 4
 
