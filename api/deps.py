@@ -119,7 +119,7 @@ async def get_heavy_tenant(
     """The caller's tenant, holding one of its heavy slots until the route returns; 429 with
     ``Retry-After`` while the tenant has AETRAIN_MAX_HEAVY_PER_TENANT heavy requests running."""
     tenant_id = await _tenant_id(request, credentials, lambda key: _short_lookup(sessions, key))
-    heavy: HeavyWork = request.app.state.heavy
+    heavy = await get_heavy(request)
     try:
         with heavy.slot(tenant_id):
             yield tenant_id
