@@ -154,9 +154,11 @@ class Job(Base):
     """A training job: the spec as submitted and as resolved, and where it stands."""
 
     __tablename__ = "jobs"
+    # A tenant's jobs in a state (its active ones, counted by every submission), and its jobs.
+    __table_args__ = (Index("ix_jobs_tenant_state", "tenant_id", "state"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     comparison_id: Mapped[int | None] = mapped_column(
         ForeignKey("comparisons.id", ondelete="CASCADE"), index=True, default=None
     )
