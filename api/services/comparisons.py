@@ -211,12 +211,11 @@ def create_comparison(
     session.flush()
     created = []
     for arm, seed, job_spec in runs:
-        job = Job(
-            tenant_id=tenant_id, comparison_id=row.id, arm=arm, seed=seed,
-            spec=job_spec.model_dump(mode="json"), queue=job_spec.queue, sent_at=utcnow(),
-        )  # fmt: skip
-        add_job(session, job, resolved[arm], f"comparison {row.id}, arm {arm}")
-        created.append(job)
+        fields = {
+            "tenant_id": tenant_id, "comparison_id": row.id, "arm": arm, "seed": seed,
+            "spec": job_spec.model_dump(mode="json"), "queue": job_spec.queue, "sent_at": utcnow(),
+        }  # fmt: skip
+        created.append(add_job(session, fields, resolved[arm], f"comparison {row.id}, arm {arm}"))
     session.commit()
     enqueue(celery, session, created)
     return _public(session, row)
