@@ -8,12 +8,15 @@ from api.core.db.models import MAX_ROW_ID
 from api.core.job_spec import ComparisonCreate
 from api.deps import HeavyDep, HeavyTenantDep, SessionDep, SessionsDep, SettingsDep, TenantDep
 from api.metric_pages import forget_jobs
+from api.routes import OneHopRoute
 from api.schemas.common import TENANT_BUSY, UNAUTHORIZED, Page
 from api.schemas.comparisons import ComparisonPublic
 from api.schemas.jobs import SUBMIT_RESPONSES
 from api.services import comparisons
 
-router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], responses=UNAUTHORIZED)
+router = APIRouter(
+    route_class=OneHopRoute, prefix="/v1/comparisons", tags=["comparisons"], responses=UNAUTHORIZED
+)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such comparison of this tenant."}
 }

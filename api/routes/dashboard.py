@@ -10,7 +10,9 @@ from functools import cache
 from fastapi import APIRouter, Request, Response
 from fastapi.staticfiles import StaticFiles
 
-router = APIRouter(include_in_schema=False)
+from api.routes import OneHopRoute
+
+router = APIRouter(route_class=OneHopRoute, include_in_schema=False)
 
 # The page holds an API key: only this origin's scripts may run, and only this origin is
 # called. uPlot sizes its elements with inline styles.

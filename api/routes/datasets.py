@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from api.core.db.models import MAX_ROW_ID
 from api.deps import HeavyDep, HeavyTenantDep, SessionDep, SessionsDep, SettingsDep, TenantDep
+from api.routes import OneHopRoute
 from api.schemas.common import NAME_PATTERN, TENANT_BUSY, UNAUTHORIZED, Page
 from api.schemas.datasets import DatasetGenerate, DatasetPublic, DatasetRejected
 from api.services import datasets
@@ -14,7 +15,9 @@ from api.services.datasets import DatasetHasErrors
 
 # An upload's body is refused over AETRAIN_MAX_UPLOAD_BYTES while it arrives, before it
 # reaches the disk, by api.validation.RequestGuard (as every body is over its limit).
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=UNAUTHORIZED)
+router = APIRouter(
+    route_class=OneHopRoute, prefix="/v1/datasets", tags=["datasets"], responses=UNAUTHORIZED
+)
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such dataset of this tenant."}

@@ -3,9 +3,10 @@
 from fastapi import APIRouter
 
 from ae_model import __version__
+from api.routes import OneHopRoute
 from api.schemas.common import HealthPublic
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=OneHopRoute, tags=["health"])
 
 
 @router.get("/v1/health", response_model=HealthPublic, summary="Service liveness")

@@ -20,6 +20,7 @@ from api.metric_pages import (
     forget_jobs,
     job_metrics_page,
 )
+from api.routes import OneHopRoute
 from api.schemas.common import UNAUTHORIZED, Page
 from api.schemas.jobs import (
     SUBMIT_RESPONSES,
@@ -32,7 +33,9 @@ from api.schemas.jobs import (
 from api.services import jobs
 
 # Every route needs a key; every route with a job id answers 404 for another tenant's job.
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=UNAUTHORIZED)
+router = APIRouter(
+    route_class=OneHopRoute, prefix="/v1/jobs", tags=["jobs"], responses=UNAUTHORIZED
+)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such job of this tenant."}}
 
 CHECKPOINT_FORMATS = {

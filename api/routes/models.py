@@ -10,11 +10,14 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
 from api.core.db.models import MAX_ROW_ID
 from api.deps import HeavyDep, HeavyTenantDep, SessionDep, SessionsDep, SettingsDep, TenantDep
+from api.routes import OneHopRoute
 from api.schemas.common import BAD_JSON, TENANT_BUSY, UNAUTHORIZED, Page
 from api.schemas.models import LayerTablePublic, ModelCreate, ModelPublic, ModelWeightsPublic
 from api.services import model_weights, models
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=UNAUTHORIZED)
+router = APIRouter(
+    route_class=OneHopRoute, prefix="/v1/models", tags=["models"], responses=UNAUTHORIZED
+)
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No bundled cfg of that name and no uploaded cfg of that id."}

@@ -3,11 +3,14 @@
 from fastapi import APIRouter
 
 from api.deps import SessionDep, SettingsDep, TenantDep
+from api.routes import OneHopRoute
 from api.schemas.common import UNAUTHORIZED
 from api.schemas.usage import UsagePublic
 from api.services import usage
 
-router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=UNAUTHORIZED)
+router = APIRouter(
+    route_class=OneHopRoute, prefix="/v1/usage", tags=["usage"], responses=UNAUTHORIZED
+)
 
 
 @router.get("", response_model=UsagePublic, summary="Stored bytes and quota")

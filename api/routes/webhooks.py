@@ -6,11 +6,14 @@ from fastapi import APIRouter, Query
 
 from api.core.db.models import MAX_ROW_ID
 from api.deps import SessionDep, TenantDep
+from api.routes import OneHopRoute
 from api.schemas.common import UNAUTHORIZED, Page
 from api.schemas.webhooks import WebhookDeliveryPublic, WebhookSecretPublic
 from api.services import webhooks
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=UNAUTHORIZED)
+router = APIRouter(
+    route_class=OneHopRoute, prefix="/v1/webhooks", tags=["webhooks"], responses=UNAUTHORIZED
+)
 
 
 @router.get("/secret", response_model=WebhookSecretPublic, summary="The signing secret")
