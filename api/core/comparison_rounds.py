@@ -246,16 +246,14 @@ def _add_round(
     created = []
     for arm, seed, raw in spec.job_specs(seeds):
         template, job_spec = first[arm], JobCreate.model_validate(raw)
-        job = Job(
-            tenant_id=template.tenant_id, comparison_id=comparison_id, arm=arm, seed=seed,
-            spec=job_spec.model_dump(mode="json"), queue=job_spec.queue, sent_at=utcnow(),
-            resolved=template.resolved, max_batches=template.max_batches,
-        )  # fmt: skip
-        session.add(job)
-        session.flush()
+        fields = {
+            "tenant_id": template.tenant_id, "comparison_id": comparison_id, "arm": arm,
+            "seed": seed, "spec": job_spec.model_dump(mode="json"), "queue": job_spec.queue,
+            "sent_at": utcnow(), "resolved": template.resolved,
+            "max_batches": template.max_batches,
+        }  # fmt: skip
         message = f"comparison {comparison_id}, arm {arm}, round {round_number} ({reason})"
-        jobstore.add_transition(session, job.id, JobState.queued, message, row=job)
-        created.append(job)
+        created.append(jobstore.add_queued_job(session, fields, [message]))
     return created
 
 

@@ -43,14 +43,11 @@ def add_queued_job(session: Session, fields: dict[str, Any], messages: Sequence[
     return job
 
 
-def add_transition(
-    session: Session, job_id: int, state: JobState, message: str = "", row: Job | None = None
-) -> None:
+def add_transition(session: Session, job_id: int, state: JobState, message: str = "") -> None:
     """Record, uncommitted, that the job entered ``state``: its event, and the webhook
-    deliveries the change calls for (``api.core.webhooks``; ``row``: the job as flushed, if
-    the caller holds it), in the same transaction."""
+    deliveries the change calls for (``api.core.webhooks``), in the same transaction."""
     add_event(session, job_id, state, message)
-    job_changed(session, job_id, state, message, row)
+    job_changed(session, job_id, state, message)
 
 
 def claim_job(session: Session, job_id: int, worker: str) -> bool:

@@ -1,5 +1,5 @@
 """A state change's webhook delivery is the same whether the job's row is handed over (a job
-just added) or read back."""
+just inserted by ``jobstore.add_queued_job``) or read back."""
 
 from typing import Any
 
@@ -11,7 +11,9 @@ from api.core.db.models import Job, JobState, WebhookDelivery
 from api.core.settings import Settings
 
 
-def test_a_new_jobs_delivery_from_its_flushed_row_is_the_one_read_back(settings: Settings) -> None:
+def test_a_new_jobs_delivery_from_its_inserted_values_equals_the_read_back_one(
+    settings: Settings,
+) -> None:
     engine = make_engine(settings.resolved_database_url())
     with make_session_factory(engine)() as session:
         tenant = Tenant(name="t")
@@ -20,11 +22,14 @@ def test_a_new_jobs_delivery_from_its_flushed_row_is_the_one_read_back(settings:
         spec = {"name": "run", "webhook": "https://example.com/hook", "train": {}}
         payloads: list[dict[str, Any]] = []
         for handed_over in (True, False):
-            job = Job(tenant_id=tenant.id, spec=spec, queue="cpu", seed=7)
-            session.add(job)
-            session.flush()
-            row = job if handed_over else None
-            jobstore.add_transition(session, job.id, JobState.queued, "submitted", row=row)
+            if handed_over:  # as submissions add a job: its row built from what was inserted
+                fields = {"tenant_id": tenant.id, "spec": spec, "queue": "cpu", "seed": 7}
+                job = jobstore.add_queued_job(session, fields, ["submitted"])
+            else:  # the row read back
+                job = Job(tenant_id=tenant.id, spec=spec, queue="cpu", seed=7)
+                session.add(job)
+                session.flush()
+                jobstore.add_transition(session, job.id, JobState.queued, "submitted")
             session.commit()
             delivery = session.scalars(
                 select(WebhookDelivery).where(WebhookDelivery.job_id == job.id)
