@@ -90,8 +90,10 @@ def _resolution(
 
 # Submissions repeat a few cfgs and settings, and resolving one (layer tables at two sizes,
 # parsing an uploaded cfg) cost a fifth of a submission's CPU. ResolvedTraining is frozen:
-# requests share it. Refusals raise, so they are not kept.
-@lru_cache(maxsize=64)
+# requests share it. Refusals raise, so they are not kept. Few are kept: an entry holds its
+# cfg's text, parse and layer table, up to about 4 MiB at the parser's limits (2,000
+# sections: 2 MiB measured with tracemalloc; 2 M characters of text).
+@lru_cache(maxsize=16)
 def _resolved_within_budgets(job: _Resolution) -> ResolvedTraining:
     """The job as the Trainer will train it; Invalid unless the cfg parses, the Trainer can
     run the settings and the network fits the budgets."""
