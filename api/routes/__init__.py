@@ -28,16 +28,26 @@ from api.services.errors import (
 
 
 class OneHopRoute(APIRoute):
-    """The route class of every router here: a plain-function endpoint runs in the thread pool as
-    FastAPI would run it, but as a coroutine, so FastAPI checks and writes its answer on the
-    event loop. For a plain function FastAPI takes a second trip to the thread pool to check
-    the answer (waking a thread and handing the GIL over and back): a sixth of a
-    submission's API CPU (bench/bench_api_load.py)."""
+    """The route class of every router here: a plain-function endpoint (not a generator)
+    runs in the thread pool as FastAPI would run it, but as a coroutine, so FastAPI checks
+    and writes its answer on the event loop. For a plain function FastAPI takes a second trip
+    to the pool to check the answer (waking a thread, handing the GIL over and back): about
+    a tenth of a submission's API CPU (bench/bench_api_load.py)."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        if not inspect.iscoroutinefunction(endpoint):
+        if not _streams_or_awaits(endpoint):
             endpoint = _in_thread_pool(endpoint)
         super().__init__(path, endpoint, **kwargs)
+
+
+def _streams_or_awaits(endpoint: Callable[..., Any]) -> bool:
+    """Whether FastAPI runs ``endpoint`` on the event loop already (a coroutine) or streams
+    what it yields (a generator, e.g. an SSE stream): such endpoints are left as they are."""
+    return (
+        inspect.iscoroutinefunction(endpoint)
+        or inspect.isasyncgenfunction(endpoint)
+        or inspect.isgeneratorfunction(endpoint)
+    )
 
 
 def _in_thread_pool(endpoint: Callable[..., Any]) -> Callable[..., Any]:
