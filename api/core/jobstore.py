@@ -38,7 +38,7 @@ def add_queued_job(session: Session, fields: dict[str, Any], messages: Sequence[
     (job_id,) = cast(Row[Any], inserted.inserted_primary_key)
     job = Job(**values, id=job_id)
     events = [{"job_id": job.id, "state": JobState.queued, "message": m} for m in messages]
-    session.execute(insert(_EVENTS), events[0] if len(events) == 1 else events)
+    session.execute(insert(_EVENTS), events)
     job_changed(session, job.id, JobState.queued, messages[0], job)
     return job
 
