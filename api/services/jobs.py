@@ -187,16 +187,15 @@ def _check_against(
         )
     model = _model(session, tenant_id, body.model)
     resolved = _resolved_within_budgets(_resolution(model, body, dataset, settings))
-    _check_start(session, tenant_id, body)
+    _check_start(session, tenant_id, body, model)
     return resolved
 
 
-def _check_start(session: Session, tenant_id: int, body: JobCreate) -> None:
-    """Invalid unless the job's start weights exist: the model's uploaded .weights, or a
-    checkpoint of a finished job of the tenant."""
+def _check_start(session: Session, tenant_id: int, body: JobCreate, model: ModelCfg) -> None:
+    """Invalid unless the job's start weights exist: the uploaded .weights of ``model`` (the
+    cfg ``body`` names), or a checkpoint of a finished job of the tenant."""
     start = body.init
     if isinstance(start, ModelWeightsStart):
-        model = resolve_model(session, tenant_id, body.model)
         if model.upload is None or model.upload.weights is None:
             raise invalid_field(
                 ["init", "source"],
