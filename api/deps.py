@@ -4,6 +4,7 @@ threads of heavy requests (``api.heavy``)."""
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -49,9 +50,13 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 DB_SESSIONS = 4
 # SSE streams poll the database with short sessions of their own, this many at once.
 STREAM_POLLS = 4
+# Submissions check their job with a short session in a thread, this many at once per API
+# process, and wait for the job writer (api.services.job_writer) holding neither.
+SUBMIT_TURNS = 4
 # What the pool must hold so no checkout waits: request sessions, stream polls, heavy
-# requests' short sessions (api.heavy), the reaper, the webhook dispatcher (api.webhooks).
-POOL_SIZE = DB_SESSIONS + STREAM_POLLS + HEAVY_THREADS + 2
+# requests' short sessions (api.heavy), submissions' checks and the job writer, the reaper,
+# the webhook dispatcher (api.webhooks).
+POOL_SIZE = DB_SESSIONS + STREAM_POLLS + HEAVY_THREADS + SUBMIT_TURNS + 3
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # Closed when the route returns, before the response is sent: a streamed response (SSE, a
@@ -77,6 +82,18 @@ def _short_lookup(factory: sessionmaker[Session], key: str) -> int | None:
         return tenant_for_key(session, key)
 
 
+async def get_submitter(request: Request, credentials: CredentialsDep) -> int:
+    """The caller's tenant, for a submission (``SUBMIT_TURNS``): a key not remembered is
+    looked up in a short session, in a submission's turn."""
+    state = request.app.state
+    return await _tenant_id(
+        request,
+        credentials,
+        lambda key: _short_lookup(state.read_sessions, key),
+        limiter=state.submit_turns,
+    )
+
+
 async def get_tenant_id(request: Request, session: SessionDep, credentials: CredentialsDep) -> int:
     return await _tenant_id(request, credentials, lambda key: tenant_for_key(session, key))
 
@@ -85,8 +102,10 @@ async def _tenant_id(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None,
     lookup: Callable[[str], int | None],
+    limiter: anyio.CapacityLimiter | None = None,
 ) -> int:
-    """The tenant of the request's key: remembered, or ``lookup(key)`` in a thread."""
+    """The tenant of the request's key: remembered, or ``lookup(key)`` in a thread (holding
+    one of ``limiter``'s tokens)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -98,7 +117,7 @@ async def _tenant_id(
     digest = hash_key(credentials.credentials)
     tenant_id = verified.get(digest)
     if tenant_id is None:
-        tenant_id = await run_in_threadpool(lookup, credentials.credentials)
+        tenant_id = await anyio.to_thread.run_sync(lookup, credentials.credentials, limiter=limiter)
         if tenant_id is not None:
             verified.put(digest, tenant_id)
     if tenant_id is None:
@@ -111,6 +130,7 @@ async def _tenant_id(
 
 
 TenantDep = Annotated[int, Depends(get_tenant_id)]
+SubmitterDep = Annotated[int, Depends(get_submitter)]
 
 
 async def get_heavy_tenant(

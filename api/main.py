@@ -25,7 +25,7 @@ from api.cache import BodyCache
 from api.core.broker import create_celery
 from api.core.db import make_engine, make_session_factory
 from api.core.settings import Settings, get_settings
-from api.deps import POOL_SIZE, STREAM_POLLS
+from api.deps import POOL_SIZE, STREAM_POLLS, SUBMIT_TURNS
 from api.heavy import HeavyWork
 from api.kept_pages import KeptPages
 from api.metric_pages import SettledRowsCache
@@ -45,6 +45,7 @@ from api.routes import (
     webhooks,
 )
 from api.services.errors import ServiceError
+from api.services.job_writer import JobWriter
 from api.validation import RequestGuard
 from api.webhooks import deliver_forever
 
@@ -73,6 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.celery = create_celery(settings)
         app.state.stream_polls = anyio.CapacityLimiter(STREAM_POLLS)
         app.state.heavy = HeavyWork(settings.max_heavy_per_tenant)
+        app.state.submit_turns = anyio.CapacityLimiter(SUBMIT_TURNS)
+        # Sessions that only read, each statement on its own: no BEGIN, no ROLLBACK at close.
+        app.state.read_sessions = make_session_factory(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        app.state.job_writer = JobWriter(app.state.session_factory, app.state.celery, settings)
         # What start-up built (modules, the app, the ORM's mappers) lives as long as the
         # process: out of the collector's sight, a full collection no longer walks it, which
         # under load showed as 100 ms stalls every few seconds (bench/bench_api_load.py).
@@ -90,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
+            await anyio.to_thread.run_sync(app.state.job_writer.stop)
             engine.dispose()
 
     app = FastAPI(

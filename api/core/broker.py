@@ -6,6 +6,7 @@ worker's modules (nor torch). The worker builds its app from the same configurat
 (``worker.celery_app``), adding its task modules.
 """
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -103,16 +104,25 @@ _filesystem_sends = _MillisecondTicket()
 
 
 def send_train_task(celery: Celery, job_id: int, queue: str) -> None:
-    """Deliver job ``job_id`` to the workers of ``queue``, by task name. Jobs sent one after
-    another are taken by the workers in that order, on the file-system broker too."""
+    """Deliver job ``job_id`` to the workers of ``queue``, by task name."""
+    send_train_tasks(celery, [(job_id, queue)])
 
-    def deliver() -> None:
-        celery.send_task(TRAIN_TASK, args=[job_id], queue=queue)
 
+def send_train_tasks(celery: Celery, jobs: Sequence[tuple[int, str]]) -> None:
+    """Deliver each job ``(id, queue)`` to the workers of its queue, by task name. Jobs sent
+    one after another are taken by the workers in that order, on the file-system broker too.
+    On Redis all go in one round trip (kombu's ``Producer.batch``, a pipeline); an error may
+    leave some delivered (a job's claim trains it once, and only while it is queued)."""
     if str(celery.conf.broker_url).startswith("filesystem:"):
-        _filesystem_sends.send(deliver)
-    else:  # Redis lists are first in, first out
-        deliver()
+        for job_id, queue in jobs:
+            _filesystem_sends.send(
+                functools.partial(celery.send_task, TRAIN_TASK, args=[job_id], queue=queue)
+            )
+        return
+    # Redis lists are first in, first out
+    with celery.producer_or_acquire() as producer, producer.batch():
+        for job_id, queue in jobs:
+            celery.send_task(TRAIN_TASK, args=[job_id], queue=queue, producer=producer)
 
 
 def waiting_tasks(celery: Celery, queue: str) -> int:

@@ -243,7 +243,7 @@ def _add_round(
     """Queued jobs for ``seeds`` in every arm, resolved as the arm's first job was (the seed
     changes no resolved setting), with their events."""
     first = {job.arm: job for job in reversed(jobs)}
-    created = []
+    queued: list[tuple[dict[str, Any], Sequence[str]]] = []
     for arm, seed, raw in spec.job_specs(seeds):
         template, job_spec = first[arm], JobCreate.model_validate(raw)
         fields = {
@@ -253,8 +253,8 @@ def _add_round(
             "max_batches": template.max_batches,
         }  # fmt: skip
         message = f"comparison {comparison_id}, arm {arm}, round {round_number} ({reason})"
-        created.append(jobstore.add_queued_job(session, fields, [message]))
-    return created
+        queued.append((fields, [message]))
+    return jobstore.add_queued_jobs(session, queued)
 
 
 def _send_all(send: Callable[[Job], None], created: Sequence[Job]) -> None:

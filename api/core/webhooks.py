@@ -38,7 +38,7 @@ def job_changed(
 ) -> None:
     """Add, uncommitted, the deliveries job ``job_id`` entering ``state`` calls for: one to
     the job's webhook, if it names one, and for a comparison's job the comparison's events.
-    ``row``: the job as just inserted, when the caller holds it (``jobstore.add_queued_job``),
+    ``row``: the job as just inserted, when the caller holds it (``jobstore.add_queued_jobs``),
     so it is not read back."""
     job: Any = row
     if job is None:

@@ -13,7 +13,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.core.db.models import MAX_ROW_ID, TERMINAL_STATES, Job, JobState
 from api.core.job_spec import JobCreate
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import SessionDep, SettingsDep, SubmitterDep, TenantDep
 from api.metric_pages import (
     DEFAULT_PAGE_ROWS,
     DEFAULT_SINCE_STEP,
@@ -63,19 +63,27 @@ OwnedJobDep = Annotated[Job, Depends(owned_job)]
     summary="Submit a training job",
     responses=SUBMIT_RESPONSES,
 )
-def create_job(
+async def create_job(
     body: JobCreate,
     request: Request,
-    session: SessionDep,
-    tenant_id: TenantDep,
-    settings: SettingsDep,
+    tenant_id: SubmitterDep,
 ) -> JobPublic:
     """Queue a training job. The model and dataset must exist; AE layers must exist in the cfg.
 
     The job trains on a worker consuming ``queue``; follow it with GET /v1/jobs/{id}, its
     metrics, or the SSE stream at /v1/jobs/{id}/events.
     """
-    return jobs.create_job(session, tenant_id, settings, request.app.state.celery, body)
+    state = request.app.state
+    row = await anyio.to_thread.run_sync(
+        jobs.prepare_job,
+        state.read_sessions,
+        tenant_id,
+        state.settings,
+        body,
+        limiter=state.submit_turns,
+    )
+    job = await asyncio.wrap_future(state.job_writer.submit(*row))
+    return JobPublic.model_validate(job)
 
 
 @router.get("", response_model=Page[JobPublic], summary="List jobs")

@@ -30,17 +30,18 @@ from api.core.db.models import (
     utcnow,
 )
 from api.core.job_spec import ComparisonCreate, JobCreate, SeedsUntilDecided
+from api.core.jobstore import add_queued_jobs
 from api.core.model_refs import model_ref
 from api.core.settings import Settings
 from api.schemas.common import Page
 from api.schemas.comparisons import ComparisonJob, ComparisonPublic, Sequential, SequentialArm
 from api.services.errors import Invalid, NotFound, invalid_field
 from api.services.jobs import (
-    add_job,
     check_active_jobs,
     check_job_spec,
     delete_job_rows,
     enqueue,
+    queued_row,
     remove_job_folders,
 )
 
@@ -209,13 +210,14 @@ def create_comparison(
     row = Comparison(tenant_id=tenant_id, name=body.name, spec=body.model_dump(mode="json"))
     session.add(row)
     session.flush()
-    created = []
+    queued = []
     for arm, seed, job_spec in runs:
         fields = {
             "tenant_id": tenant_id, "comparison_id": row.id, "arm": arm, "seed": seed,
             "spec": job_spec.model_dump(mode="json"), "queue": job_spec.queue, "sent_at": utcnow(),
         }  # fmt: skip
-        created.append(add_job(session, fields, resolved[arm], f"comparison {row.id}, arm {arm}"))
+        queued.append(queued_row(fields, resolved[arm], f"comparison {row.id}, arm {arm}"))
+    created = add_queued_jobs(session, queued)
     session.commit()
     enqueue(celery, session, created)
     return _public(session, row)

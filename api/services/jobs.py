@@ -10,14 +10,14 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy import ColumnElement, bindparam, delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from ae_model.cfg import CfgError
 from ae_model.resolve import JobSettingsError, ResolvedTraining, resolve_training
 from api.budget import parameters_over_budget, training_step_memory
 from api.core import jobstore as job_ops
 from api.core.artifacts import open_store
-from api.core.broker import send_train_task
+from api.core.broker import send_train_tasks
 from api.core.db.models import (
     MAX_ROW_ID,
     TERMINAL_STATES,
@@ -225,24 +225,23 @@ def _check_start(session: Session, tenant_id: int, body: JobCreate, model: Model
             )
 
 
-def add_job(
-    session: Session, fields: dict[str, Any], resolved: ResolvedTraining, message: str
-) -> Job:
-    """Store, uncommitted, a new queued job with ``fields`` and its resolved settings, and log
-    ``message`` and what resolution did or warns about (a schedule scaled to the run, a
-    burn-in never left). The job as inserted (``jobstore.add_queued_job``)."""
+def queued_row(
+    fields: dict[str, Any], resolved: ResolvedTraining, message: str
+) -> tuple[dict[str, Any], list[str]]:
+    """A new queued job as ``jobstore.add_queued_jobs`` inserts it: ``fields`` with its
+    resolved settings, and its messages, ``message`` then what resolution did or warns about
+    (a schedule scaled to the run, a burn-in never left)."""
     fields = {**fields, "resolved": resolved.as_dict(), "max_batches": resolved.max_batches}
     notes = [f"note: {note}" for note in resolved.notes]
     warnings = [f"warning: {warning}" for warning in resolved.warnings]
-    return job_ops.add_queued_job(session, fields, [message, *notes, *warnings])
+    return fields, [message, *notes, *warnings]
 
 
 def enqueue(celery: Celery, session: Session, queued: Sequence[Job]) -> None:
     """Send each job's task by name; if the broker is unreachable the jobs fail with a reason
     and the caller gets Unavailable (a job is never left queued with no task)."""
     try:
-        for job in queued:
-            send_train_task(celery, job.id, job.queue)
+        send_train_tasks(celery, [(job.id, job.queue) for job in queued])
     except Exception as error:  # the broker's client raises many kinds; all mean "not queued"
         for job in queued:
             job_ops.finish_job(
@@ -255,10 +254,10 @@ def enqueue(celery: Celery, session: Session, queued: Sequence[Job]) -> None:
 def check_active_jobs(session: Session, tenant_id: int, settings: Settings, adding: int) -> None:
     """OverLimit when ``adding`` more jobs would pass the tenant's limit of queued + running
     jobs."""
-    _refuse_over_limit(session.scalar(select(_active_jobs(tenant_id))) or 0, settings, adding)
+    refuse_over_limit(session.scalar(select(_active_jobs(tenant_id))) or 0, settings, adding)
 
 
-def _refuse_over_limit(active: int, settings: Settings, adding: int) -> None:
+def refuse_over_limit(active: int, settings: Settings, adding: int) -> None:
     limit = settings.max_active_jobs
     if active + adding > limit:
         raise OverLimit(
@@ -267,25 +266,24 @@ def _refuse_over_limit(active: int, settings: Settings, adding: int) -> None:
         )
 
 
-def create_job(
-    session: Session, tenant_id: int, settings: Settings, celery: Celery, body: JobCreate
-) -> JobPublic:
-    """Check ``body``, store the job queued and send its task (Invalid, OverLimit or
-    Unavailable otherwise)."""
-    # The dataset and the tenant's active jobs in one round trip; checked in the same order
-    # as check_job_spec then check_active_jobs would.
-    params = {"tenant_id": tenant_id, "dataset_id": body.dataset_id}
-    dataset, active = session.execute(_DATASET_AND_ACTIVE, params).first() or (None, 0)
-    resolved = _check_against(session, tenant_id, body, settings, dataset)
-    _refuse_over_limit(active, settings, 1)
+def prepare_job(
+    sessions: sessionmaker[Session], tenant_id: int, settings: Settings, body: JobCreate
+) -> tuple[dict[str, Any], list[str]]:
+    """``body`` checked (Invalid or OverLimit) and made the row of a queued job
+    (``queued_row``), for the job writer (``api.services.job_writer``) to store and send; in
+    a short session of ``sessions`` that writes nothing."""
+    with sessions() as session:
+        # The dataset and the tenant's active jobs in one round trip; checked in the same
+        # order as check_job_spec then check_active_jobs would.
+        params = {"tenant_id": tenant_id, "dataset_id": body.dataset_id}
+        dataset, active = session.execute(_DATASET_AND_ACTIVE, params).first() or (None, 0)
+        resolved = _check_against(session, tenant_id, body, settings, dataset)
+    refuse_over_limit(active, settings, 1)
     fields = {
         "tenant_id": tenant_id, "spec": body.model_dump(mode="json"), "queue": body.queue,
         "seed": body.seed, "sent_at": utcnow(),  # its task is sent right after the commit
     }  # fmt: skip
-    job = add_job(session, fields, resolved, "submitted")
-    session.commit()
-    enqueue(celery, session, [job])
-    return JobPublic.model_validate(job)
+    return queued_row(fields, resolved, "submitted")
 
 
 def list_jobs(

@@ -1,5 +1,5 @@
 """A state change's webhook delivery is the same whether the job's row is handed over (a job
-just inserted by ``jobstore.add_queued_job``) or read back."""
+just inserted by ``jobstore.add_queued_jobs``) or read back."""
 
 from typing import Any
 
@@ -24,7 +24,7 @@ def test_a_new_jobs_delivery_from_its_inserted_values_equals_the_read_back_one(
         for handed_over in (True, False):
             if handed_over:  # as submissions add a job: its row built from what was inserted
                 fields = {"tenant_id": tenant.id, "spec": spec, "queue": "cpu", "seed": 7}
-                job = jobstore.add_queued_job(session, fields, ["submitted"])
+                (job,) = jobstore.add_queued_jobs(session, [(fields, ["submitted"])])
             else:  # the row read back
                 job = Job(tenant_id=tenant.id, spec=spec, queue="cpu", seed=7)
                 session.add(job)

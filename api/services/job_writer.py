@@ -1,0 +1,145 @@
+"""Storing submitted jobs and sending their tasks in groups: one thread per API process.
+
+A submission is checked in its request's own short session (``jobs.prepare_job``), then
+handed to the writer, which stores every job handed over meanwhile in one transaction (one
+INSERT of the jobs, one of their events: ``jobstore.add_queued_jobs``) and then sends their
+tasks. Under load the cost of a transaction (its round trips, its commit, the database's
+flush of its log) is shared by the group instead of paid per job; alone, a job is written
+at once, as before. The request waits on the event loop, holding no thread and no database
+connection (bench/bench_api_load.py, docs/benchmarks.md).
+
+Each job is as safe as when written by its own request: nothing is answered 201 before its
+transaction committed; a broker that cannot be reached fails the group's jobs with the reason
+and answers 503 (``jobs.enqueue``); a database error answers each request of the group as
+that error (503 for an unreachable database); a request given up before its group is written
+(its client went away) writes nothing.
+"""
+
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.db.models import Job
+from api.core.jobstore import add_queued_jobs
+from api.core.settings import Settings
+from api.services.errors import OverLimit, Unavailable
+from api.services.jobs import ACTIVE_STATES, enqueue, refuse_over_limit
+
+# The most jobs one transaction stores: bounds a transaction's size and the wait of the
+# group's first request when many arrive at once.
+MAX_GROUP = 64
+
+# Built once: building the statement cost more than running it.
+_ACTIVE_BY_TENANT = (
+    select(Job.tenant_id, func.count())
+    .where(Job.tenant_id.in_(bindparam("tenants", expanding=True)))
+    .where(Job.state.in_(ACTIVE_STATES))
+    .group_by(Job.tenant_id)
+)
+
+
+@dataclass
+class _Submission:
+    fields: dict[str, Any]
+    messages: list[str]
+    done: Future[Job] = field(default_factory=Future)
+
+
+class JobWriter:
+    """Stores queued jobs and sends their tasks from one thread, in groups (module doc)."""
+
+    def __init__(self, sessions: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
+        self._sessions = sessions
+        self._celery = celery
+        self._settings = settings
+        self._waiting: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="job-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fields: dict[str, Any], messages: list[str]) -> Future[Job]:
+        """The job of ``jobs.queued_row`` stored and its task sent, when done: the job as
+        inserted, or what refused it (``Unavailable``, a database error)."""
+        submission = _Submission(fields, messages)
+        self._waiting.put(submission)
+        if not self._thread.is_alive():
+            self._refuse_waiting()
+        return submission.done
+
+    def stop(self) -> None:
+        """Write what was handed over, then stop the thread; what is handed over after that
+        answers Unavailable."""
+        self._waiting.put(None)
+        self._thread.join()
+        self._refuse_waiting()
+
+    def _refuse_waiting(self) -> None:
+        while True:
+            try:
+                late = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            if late is not None and late.done.set_running_or_notify_cancel():
+                late.done.set_exception(Unavailable("the server is stopping; submit it again"))
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._waiting.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < MAX_GROUP:
+                try:
+                    more = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                group.append(more)
+            self._write([s for s in group if s.done.set_running_or_notify_cancel()])
+
+    def _write(self, group: list[_Submission]) -> None:
+        try:
+            with self._sessions() as session:
+                group = self._within_limits(session, group)
+                if not group:
+                    return
+                jobs = add_queued_jobs(session, [(s.fields, s.messages) for s in group])
+                session.commit()
+                enqueue(self._celery, session, jobs)
+        except BaseException as error:  # each request answers its group's error
+            for submission in group:
+                submission.done.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            for submission, job in zip(group, jobs, strict=True):
+                submission.done.set_result(job)
+
+    def _within_limits(self, session: Session, group: list[_Submission]) -> list[_Submission]:
+        """The submissions of ``group`` that keep their tenant within its limit of active
+        jobs, counted again here with the group's earlier ones; the others answer OverLimit.
+        (The request's own check saw neither the jobs waiting here nor those written since.)"""
+        if not group:
+            return []
+        tenants = list({s.fields["tenant_id"] for s in group})
+        counted = session.execute(_ACTIVE_BY_TENANT, {"tenants": tenants})
+        active = {tenant_id: count for tenant_id, count in counted}
+        admitted = []
+        for submission in group:
+            tenant_id = submission.fields["tenant_id"]
+            try:
+                refuse_over_limit(active.get(tenant_id, 0), self._settings, 1)
+            except OverLimit as refusal:
+                submission.done.set_exception(refusal)
+                continue
+            active[tenant_id] = active.get(tenant_id, 0) + 1
+            admitted.append(submission)
+        return admitted

@@ -1,0 +1,172 @@
+"""The job writer stores the submissions that waited together in one transaction, in order,
+sends their tasks in that order, keeps each tenant within its limit of active jobs, and
+writes nothing for a request given up; on PostgreSQL and Redis."""
+
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+from api.core.broker import create_celery
+from api.core.db import Tenant, make_engine, make_session_factory
+from api.core.db.models import Job, JobEvent, JobState
+from api.core.settings import Settings
+from api.migrate import upgrade
+from api.services.errors import OverLimit, Unavailable
+from api.services.job_writer import JobWriter
+
+
+@pytest.fixture
+def engine(postgres_url: str) -> Iterator[Engine]:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A task queue of the test's own."""
+    return f"writer-{uuid.uuid4().hex[:8]}"
+
+
+def _tenants(engine: Engine, *names: str) -> list[int]:
+    with make_session_factory(engine)() as session:
+        rows = [Tenant(name=name) for name in names]
+        session.add_all(rows)
+        session.commit()
+        return [row.id for row in rows]
+
+
+def _row(tenant_id: int, queue: str, seed: int) -> tuple[dict[str, Any], list[str]]:
+    fields = {"tenant_id": tenant_id, "spec": {"seed": seed}, "queue": queue, "seed": seed}
+    return fields, ["submitted", f"note: seed {seed}"]
+
+
+@contextmanager
+def _held_in_its_insert(
+    engine: Engine, writer: JobWriter, row: tuple[dict[str, Any], list[str]]
+) -> Iterator[Future[Job]]:
+    """``row`` submitted, its group held in its INSERT until the block ends (the table
+    locked): what is submitted meanwhile waits for the writer, together."""
+    with engine.connect() as connection:
+        connection.execute(text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))
+        first = writer.submit(*row)
+        _wait_for_blocked_insert(engine)
+        yield first
+        connection.commit()
+
+
+_WAITING_FOR_JOBS = text(
+    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'jobs'::regclass"
+)
+
+
+def _wait_for_blocked_insert(engine: Engine) -> None:
+    deadline = time.monotonic() + 10
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            if connection.scalar(_WAITING_FOR_JOBS):
+                return
+            time.sleep(0.02)
+    raise AssertionError("the writer never reached its INSERT")
+
+
+def _writer(engine: Engine, redis_url: str, **settings: Any) -> JobWriter:
+    celery = create_celery(Settings(broker_url=redis_url, **settings))
+    return JobWriter(make_session_factory(engine), celery, Settings(**settings))
+
+
+def _sent(redis_url: str, queue: str, count: int) -> list[int]:
+    """The job ids of the first ``count`` tasks in ``queue``, as a worker takes them."""
+    celery = create_celery(Settings(broker_url=redis_url))
+    received = []
+    with celery.connection_for_read() as connection:
+        simple = connection.SimpleQueue(queue)
+        for _ in range(count):
+            message = simple.get(timeout=5)
+            received.append(message.payload[0][0])  # Celery protocol 2: (args, kwargs, embed)
+            message.ack()
+        simple.close()
+    return received
+
+
+def test_submissions_waiting_together_are_one_transaction_in_order(
+    engine: Engine, redis_url: str, queue: str
+) -> None:
+    (tenant,) = _tenants(engine, "alice")
+    writer = _writer(engine, redis_url)
+    try:
+        with _held_in_its_insert(engine, writer, _row(tenant, queue, 0)) as first:
+            group = [writer.submit(*_row(tenant, queue, seed)) for seed in range(1, 11)]
+            given_up = writer.submit(*_row(tenant, queue, 99))
+            assert given_up.cancel()  # its client went away before it was written
+        jobs = [done.result(timeout=10) for done in [first, *group]]
+    finally:
+        writer.stop()
+    ids = [job.id for job in jobs]
+    assert [job.seed for job in jobs] == list(range(11)) and ids == sorted(ids)
+    assert all(job.state == JobState.queued and job.tenant_id == tenant for job in jobs)
+    with engine.connect() as connection:
+        # Rows written by one transaction carry its id (xmin): the first job alone, then the
+        # ten that waited for it together.
+        stored = connection.execute(text("SELECT id, seed, xmin::text FROM jobs ORDER BY id")).all()
+        events = connection.execute(
+            select(JobEvent.job_id, JobEvent.message).order_by(JobEvent.id)
+        ).all()
+    assert [row.id for row in stored] == ids  # nothing of the given-up request
+    assert len({row.xmin for row in stored[1:]}) == 1 and stored[0].xmin != stored[1].xmin
+    assert events == [
+        (job.id, message) for job in jobs for message in ("submitted", f"note: seed {job.seed}")
+    ]
+    assert _sent(redis_url, queue, 11) == ids
+
+
+def test_a_group_keeps_each_tenant_within_its_limit_of_active_jobs(
+    engine: Engine, redis_url: str, queue: str
+) -> None:
+    alice, bob = _tenants(engine, "alice", "bob")
+    writer = _writer(engine, redis_url, max_active_jobs=3)
+    try:
+        with _held_in_its_insert(engine, writer, _row(alice, queue, 0)) as first:
+            # Each request checked the limit before any of these was stored: all saw room.
+            group = [writer.submit(*_row(alice, queue, seed)) for seed in range(1, 5)]
+            other = writer.submit(*_row(bob, queue, 5))
+        first.result(timeout=10)
+        outcomes = [_outcome(done) for done in group]
+        assert other.result(timeout=10).tenant_id == bob
+    finally:
+        writer.stop()
+    assert outcomes[:2] == ["stored", "stored"]
+    assert all("you have 3 jobs queued or running and may have 3" in o for o in outcomes[2:])
+    with make_session_factory(engine)() as session:
+        seeds = session.scalars(select(Job.seed).where(Job.tenant_id == alice)).all()
+    assert sorted(seed or 0 for seed in seeds) == [0, 1, 2] and None not in seeds
+
+
+def _outcome(done: Future[Job]) -> str:
+    try:
+        done.result(timeout=10)
+    except OverLimit as refusal:
+        return str(refusal.detail)
+    return "stored"
+
+
+def test_what_was_handed_over_before_a_stop_is_written_and_later_submissions_refused(
+    engine: Engine, redis_url: str, queue: str
+) -> None:
+    (tenant,) = _tenants(engine, "alice")
+    writer = _writer(engine, redis_url)
+    pending = [writer.submit(*_row(tenant, queue, seed)) for seed in range(3)]
+    writer.stop()
+    assert [done.result(timeout=10).seed for done in pending] == [0, 1, 2]
+    late = writer.submit(*_row(tenant, queue, 3))
+    with pytest.raises(Unavailable, match="stopping"):
+        late.result(timeout=10)
+    with make_session_factory(engine)() as session:
+        assert session.scalar(select(Job.id).where(Job.seed == 3)) is None
