@@ -18,7 +18,9 @@ read a running job's page that reaches its newest rows, read a finished job's 1,
 page) and each ``--clients`` count, that many clients each send the next request as soon as
 the last is answered, for ``--warmup-s`` + ``--duration-s`` seconds; a line per run with
 requests/s, p50/p99, the answers that were not 2xx, requests without an answer, and CPU per
-request of the server, PostgreSQL and the clients. ``--compare-code DIR`` serves another
+request of the server, PostgreSQL and the clients. During submit runs the queued jobs are
+taken every ``--taken-every-s`` seconds, as workers would take them, so the tenant's active
+jobs (counted by every submission) stay few. ``--compare-code DIR`` serves another
 source tree beside this one (the same database and broker, a tenant of its own) and
 alternates the runs between them, so both see the same load from whatever else shares the
 machine.
@@ -437,6 +439,7 @@ def closed_loop_bench(args: argparse.Namespace) -> None:
         # tree measured second does not count the first one's too.
         requests = {label: _tenant_requests(url, home, f"bench {i}", queue, args)
                     for i, label in enumerate(trees)}  # fmt: skip
+        _vacuum(url)  # the seeded rows settled: no autovacuum pass lands in the first run
         print(f"\nclosed loop ({make_url(url).get_backend_name()}, broker {args.broker}, "
               f"{args.api_workers} API process(es) per server): submit = POST /v1/jobs "
               f"{args.model} on a {args.classes}-class dataset; running page = the first page "
@@ -557,11 +560,18 @@ def _retire_queued(url: str) -> None:
             .where(Job.state == JobState.queued)
             .values(state=JobState.cancelled, finished_at=utcnow())
         )
+    engine.dispose()
+    # The rows the update left dead, gone now: otherwise the next run's counts step over them
+    # until autovacuum comes by, in whichever run that happens to be.
+    _vacuum(url, "jobs")
+
+
+def _vacuum(url: str, table: str = "") -> None:
+    """``VACUUM ANALYZE`` the table (every table when none is named) on PostgreSQL."""
+    engine = create_engine(url)
     if engine.dialect.name == "postgresql":
-        # The rows the update left dead, gone now: otherwise the next run's counts step over
-        # them until autovacuum comes by, in whichever run that happens to be.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE jobs"))
+            conn.execute(text(f"VACUUM ANALYZE {table}"))
     engine.dispose()
 
 
