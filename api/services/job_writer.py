@@ -11,7 +11,8 @@ connection (bench/bench_api_load.py, docs/benchmarks.md).
 Each job is as safe as when written by its own request: nothing is answered 201 before its
 transaction committed; a broker that cannot be reached fails the group's jobs with the reason
 and answers 503 (``jobs.enqueue``); a database error answers each request of the group as
-that error (503 for an unreachable database); a request given up before its group is written
+that error (503 for an unreachable database), except values the database refuses (one
+row's), which fail their own request only; a request given up before its group is written
 (its client went away) writes nothing.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.db.models import Job
@@ -106,21 +108,28 @@ class JobWriter:
             self._write([s for s in group if s.done.set_running_or_notify_cancel()])
 
     def _write(self, group: list[_Submission]) -> None:
+        admitted: list[_Submission] = []
         try:
             with self._sessions() as session:
-                group = self._within_limits(session, group)
-                if not group:
+                admitted = self._within_limits(session, group)
+                if not admitted:
                     return
-                jobs = add_queued_jobs(session, [(s.fields, s.messages) for s in group])
+                jobs = add_queued_jobs(session, [(s.fields, s.messages) for s in admitted])
                 session.commit()
                 enqueue(self._celery, session, jobs)
+        except (DataError, IntegrityError) as error:
+            if len(admitted) < 2:
+                _answer_all(admitted or group, error)
+                return
+            # Values the database refused fail their own request only: each written alone.
+            for submission in admitted:
+                self._write([submission])
         except BaseException as error:  # each request answers its group's error
-            for submission in group:
-                submission.done.set_exception(error)
+            _answer_all(admitted or group, error)
             if not isinstance(error, Exception):
                 raise
         else:
-            for submission, job in zip(group, jobs, strict=True):
+            for submission, job in zip(admitted, jobs, strict=True):
                 submission.done.set_result(job)
 
     def _within_limits(self, session: Session, group: list[_Submission]) -> list[_Submission]:
@@ -143,3 +152,8 @@ class JobWriter:
             active[tenant_id] = active.get(tenant_id, 0) + 1
             admitted.append(submission)
         return admitted
+
+
+def _answer_all(group: list[_Submission], error: BaseException) -> None:
+    for submission in group:
+        submission.done.set_exception(error)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import DataError
 
 from api.core.broker import create_celery
 from api.core.db import Tenant, make_engine, make_session_factory
@@ -155,6 +156,24 @@ def _outcome(done: Future[Job]) -> str:
     except OverLimit as refusal:
         return str(refusal.detail)
     return "stored"
+
+
+def test_a_value_the_database_refuses_fails_its_own_submission_only(
+    engine: Engine, redis_url: str, queue: str
+) -> None:
+    (tenant,) = _tenants(engine, "alice")
+    writer = _writer(engine, redis_url)
+    try:
+        with _held_in_its_insert(engine, writer, _row(tenant, queue, 0)) as first:
+            before = writer.submit(*_row(tenant, queue, 1))
+            refused = writer.submit(*_row(tenant, "q" * 100, 2))  # jobs.queue holds 64
+            after = writer.submit(*_row(tenant, queue, 3))
+        assert [done.result(timeout=10).seed for done in (first, before, after)] == [0, 1, 3]
+        with pytest.raises(DataError):
+            refused.result(timeout=10)
+    finally:
+        writer.stop()
+    assert _sent(redis_url, queue, 3) == sorted(done.result().id for done in (first, before, after))
 
 
 def test_what_was_handed_over_before_a_stop_is_written_and_later_submissions_refused(
