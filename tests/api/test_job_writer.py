@@ -4,7 +4,7 @@ writes nothing for a request given up; on PostgreSQL and Redis."""
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
@@ -78,9 +78,20 @@ def _wait_for_blocked_insert(engine: Engine) -> None:
     raise AssertionError("the writer never reached its INSERT")
 
 
-def _writer(engine: Engine, redis_url: str, **settings: Any) -> JobWriter:
-    celery = create_celery(Settings(broker_url=redis_url, **settings))
-    return JobWriter(make_session_factory(engine), celery, Settings(**settings))
+@pytest.fixture
+def writer_for(engine: Engine, redis_url: str) -> Iterator[Callable[..., JobWriter]]:
+    """Job writers on the test's database and Redis, with the settings given as keywords;
+    each stopped when the test ends."""
+    made: list[JobWriter] = []
+
+    def make(**settings: Any) -> JobWriter:
+        celery = create_celery(Settings(broker_url=redis_url, **settings))
+        made.append(JobWriter(make_session_factory(engine), celery, Settings(**settings)))
+        return made[-1]
+
+    yield make
+    for writer in made:
+        writer.stop()
 
 
 def _sent(redis_url: str, queue: str, count: int) -> list[int]:
@@ -98,18 +109,15 @@ def _sent(redis_url: str, queue: str, count: int) -> list[int]:
 
 
 def test_submissions_waiting_together_are_one_transaction_in_order(
-    engine: Engine, redis_url: str, queue: str
+    engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
 ) -> None:
     (tenant,) = _tenants(engine, "alice")
-    writer = _writer(engine, redis_url)
-    try:
-        with _held_in_its_insert(engine, writer, _row(tenant, queue, 0)) as first:
-            group = [writer.submit(*_row(tenant, queue, seed)) for seed in range(1, 11)]
-            given_up = writer.submit(*_row(tenant, queue, 99))
-            assert given_up.cancel()  # its client went away before it was written
-        jobs = [done.result(timeout=10) for done in [first, *group]]
-    finally:
-        writer.stop()
+    writer = writer_for()
+    with _held_in_its_insert(engine, writer, _row(tenant, queue, 0)) as first:
+        group = [writer.submit(*_row(tenant, queue, seed)) for seed in range(1, 11)]
+        given_up = writer.submit(*_row(tenant, queue, 99))
+        assert given_up.cancel()  # its client went away before it was written
+    jobs = [done.result(timeout=10) for done in [first, *group]]
     ids = [job.id for job in jobs]
     assert [job.seed for job in jobs] == list(range(11)) and ids == sorted(ids)
     assert all(job.state == JobState.queued and job.tenant_id == tenant for job in jobs)
@@ -129,20 +137,17 @@ def test_submissions_waiting_together_are_one_transaction_in_order(
 
 
 def test_a_group_keeps_each_tenant_within_its_limit_of_active_jobs(
-    engine: Engine, redis_url: str, queue: str
+    engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
 ) -> None:
     alice, bob = _tenants(engine, "alice", "bob")
-    writer = _writer(engine, redis_url, max_active_jobs=3)
-    try:
-        with _held_in_its_insert(engine, writer, _row(alice, queue, 0)) as first:
-            # Each request checked the limit before any of these was stored: all saw room.
-            group = [writer.submit(*_row(alice, queue, seed)) for seed in range(1, 5)]
-            other = writer.submit(*_row(bob, queue, 5))
-        first.result(timeout=10)
-        outcomes = [_outcome(done) for done in group]
-        assert other.result(timeout=10).tenant_id == bob
-    finally:
-        writer.stop()
+    writer = writer_for(max_active_jobs=3)
+    with _held_in_its_insert(engine, writer, _row(alice, queue, 0)) as first:
+        # Each request checked the limit before any of these was stored: all saw room.
+        group = [writer.submit(*_row(alice, queue, seed)) for seed in range(1, 5)]
+        other = writer.submit(*_row(bob, queue, 5))
+    first.result(timeout=10)
+    outcomes = [_outcome(done) for done in group]
+    assert other.result(timeout=10).tenant_id == bob
     assert outcomes[:2] == ["stored", "stored"]
     assert all("you have 3 jobs queued or running and may have 3" in o for o in outcomes[2:])
     with make_session_factory(engine)() as session:
@@ -159,28 +164,25 @@ def _outcome(done: Future[Job]) -> str:
 
 
 def test_a_value_the_database_refuses_fails_its_own_submission_only(
-    engine: Engine, redis_url: str, queue: str
+    engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
 ) -> None:
     (tenant,) = _tenants(engine, "alice")
-    writer = _writer(engine, redis_url)
-    try:
-        with _held_in_its_insert(engine, writer, _row(tenant, queue, 0)) as first:
-            before = writer.submit(*_row(tenant, queue, 1))
-            refused = writer.submit(*_row(tenant, "q" * 100, 2))  # jobs.queue holds 64
-            after = writer.submit(*_row(tenant, queue, 3))
-        assert [done.result(timeout=10).seed for done in (first, before, after)] == [0, 1, 3]
-        with pytest.raises(DataError):
-            refused.result(timeout=10)
-    finally:
-        writer.stop()
+    writer = writer_for()
+    with _held_in_its_insert(engine, writer, _row(tenant, queue, 0)) as first:
+        before = writer.submit(*_row(tenant, queue, 1))
+        refused = writer.submit(*_row(tenant, "q" * 100, 2))  # jobs.queue holds 64
+        after = writer.submit(*_row(tenant, queue, 3))
+    assert [done.result(timeout=10).seed for done in (first, before, after)] == [0, 1, 3]
+    with pytest.raises(DataError):
+        refused.result(timeout=10)
     assert _sent(redis_url, queue, 3) == sorted(done.result().id for done in (first, before, after))
 
 
 def test_what_was_handed_over_before_a_stop_is_written_and_later_submissions_refused(
-    engine: Engine, redis_url: str, queue: str
+    engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
 ) -> None:
     (tenant,) = _tenants(engine, "alice")
-    writer = _writer(engine, redis_url)
+    writer = writer_for()
     pending = [writer.submit(*_row(tenant, queue, seed)) for seed in range(3)]
     writer.stop()
     assert [done.result(timeout=10).seed for done in pending] == [0, 1, 2]
