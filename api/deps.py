@@ -1,7 +1,7 @@
 """Shared request dependencies: the database session, the caller's tenant, and the slots and
 threads of heavy requests (``api.heavy``)."""
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import anyio
@@ -53,10 +53,13 @@ STREAM_POLLS = 4
 # Submissions check their job with a short session in a thread, this many at once per API
 # process, and wait for the job writer (api.services.job_writer) holding neither.
 SUBMIT_TURNS = 4
+# Metric pages not kept are built with a short session in a thread, this many at once per API
+# process (api.metric_pages.metrics_page).
+PAGE_TURNS = 4
 # What the pool must hold so no checkout waits: request sessions, stream polls, heavy
-# requests' short sessions (api.heavy), submissions' checks and the job writer, the reaper,
-# the webhook dispatcher (api.webhooks).
-POOL_SIZE = DB_SESSIONS + STREAM_POLLS + HEAVY_THREADS + SUBMIT_TURNS + 3
+# requests' short sessions (api.heavy), submissions' checks, metric pages, the job writer, the
+# reaper, the webhook dispatcher (api.webhooks).
+POOL_SIZE = DB_SESSIONS + STREAM_POLLS + HEAVY_THREADS + SUBMIT_TURNS + PAGE_TURNS + 3
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # Closed when the route returns, before the response is sent: a streamed response (SSE, a
@@ -82,16 +85,21 @@ def _short_lookup(factory: sessionmaker[Session], key: str) -> int | None:
         return tenant_for_key(session, key)
 
 
-async def get_submitter(request: Request, credentials: CredentialsDep) -> int:
-    """The caller's tenant, for a submission (``SUBMIT_TURNS``): a key not remembered is
-    looked up in a short session, in a submission's turn."""
-    state = request.app.state
-    return await _tenant_id(
-        request,
-        credentials,
-        lambda key: _short_lookup(state.read_sessions, key),
-        limiter=state.submit_turns,
-    )
+def _short_tenant(turns: str) -> Callable[[Request, CredentialsDep], Awaitable[int]]:
+    """A dependency: the caller's tenant for a route that opens short sessions of its own, a
+    key not remembered being looked up in a short read-only session in one of the turns
+    ``app.state.<turns>``."""
+
+    async def caller(request: Request, credentials: CredentialsDep) -> int:
+        state = request.app.state
+        return await _tenant_id(
+            request,
+            credentials,
+            lambda key: _short_lookup(state.read_sessions, key),
+            limiter=getattr(state, turns),
+        )
+
+    return caller
 
 
 async def get_tenant_id(request: Request, session: SessionDep, credentials: CredentialsDep) -> int:
@@ -130,7 +138,9 @@ async def _tenant_id(
 
 
 TenantDep = Annotated[int, Depends(get_tenant_id)]
-SubmitterDep = Annotated[int, Depends(get_submitter)]
+# A submission's tenant (SUBMIT_TURNS) and a metric page reader's (PAGE_TURNS).
+SubmitterDep = Annotated[int, Depends(_short_tenant("submit_turns"))]
+PageReaderDep = Annotated[int, Depends(_short_tenant("page_turns"))]
 
 
 async def get_heavy_tenant(

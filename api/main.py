@@ -25,7 +25,7 @@ from api.cache import BodyCache
 from api.core.broker import create_celery
 from api.core.db import make_engine, make_session_factory
 from api.core.settings import Settings, get_settings
-from api.deps import POOL_SIZE, STREAM_POLLS, SUBMIT_TURNS
+from api.deps import PAGE_TURNS, POOL_SIZE, STREAM_POLLS, SUBMIT_TURNS
 from api.heavy import HeavyWork
 from api.kept_pages import KeptPages
 from api.metric_pages import SettledRowsCache
@@ -75,10 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stream_polls = anyio.CapacityLimiter(STREAM_POLLS)
         app.state.heavy = HeavyWork(settings.max_heavy_per_tenant)
         app.state.submit_turns = anyio.CapacityLimiter(SUBMIT_TURNS)
-        # Sessions that only read, each statement on its own: no BEGIN, no ROLLBACK at close.
-        app.state.read_sessions = make_session_factory(
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        app.state.page_turns = anyio.CapacityLimiter(PAGE_TURNS)
+        # Connections and sessions that only read, each statement on its own: no BEGIN, no
+        # ROLLBACK at close.
+        app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        app.state.read_sessions = make_session_factory(app.state.read_engine)
         app.state.job_writer = JobWriter(app.state.session_factory, app.state.celery, settings)
         # What start-up built (modules, the app, the ORM's mappers) lives as long as the
         # process: out of the collector's sight, a full collection no longer walks it, which

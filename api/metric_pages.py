@@ -12,10 +12,12 @@ import bisect
 from collections.abc import Collection, Hashable, Sequence
 from typing import Any, NamedTuple
 
+import anyio
 import orjson
 from fastapi import HTTPException, status
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
+from starlette.datastructures import State
 
 from api.cache import BodyCache, MemoryCache
 from api.core.db.models import MAX_ROW_ID, TERMINAL_STATES, Checkpoint, Job, Metric
@@ -26,6 +28,9 @@ PageKey = tuple[int, int, str | None, int, int]
 # A page's query when the request leaves it out: every key, from the first step, 1,000 rows.
 DEFAULT_SINCE_STEP = -1
 DEFAULT_PAGE_ROWS = 1000
+# What the route accepts (api.routes.jobs), and api.kept_pages reads alike.
+MIN_SINCE_STEP = -1
+MIN_PAGE_ROWS, MAX_PAGE_ROWS = 50, 10_000
 
 # orjson writes NaN and infinities as null (JSON has neither), naive datetimes (SQLite's) as
 # UTC and UTC as "Z" (PostgreSQL sessions run in UTC: api.core.db.session), so a body is exactly
@@ -70,8 +75,27 @@ def forget_jobs(
     growing.drop(deleted)
 
 
+async def metrics_page(state: State, key: PageKey) -> bytes:
+    """The body of the page ``key`` names (or 404): kept, or built (:func:`job_metrics_page`)
+    in a thread, with a short read-only session, in one of the API process's page turns
+    (``api.deps.PAGE_TURNS``)."""
+    kept: bytes | None = state.metrics_pages.get(key)
+    if kept is None:
+        kept = await anyio.to_thread.run_sync(_built_page, state, key, limiter=state.page_turns)
+    return kept
+
+
+def _built_page(state: State, key: PageKey) -> bytes:
+    # A connection, not a session: a session's bookkeeping around it took a tenth of a
+    # running job's page.
+    with state.read_engine.connect() as connection:
+        return job_metrics_page(
+            connection, state.metrics_pages, state.settled_rows, key, state.settings.live_page_s
+        )
+
+
 def job_metrics_page(
-    session: Session, pages: BodyCache, growing: SettledRowsCache, key: PageKey, live_s: float
+    connection: Connection, pages: BodyCache, growing: SettledRowsCache, key: PageKey, live_s: float
 ) -> bytes:
     """The page ``key`` names of the tenant's job (or 404), kept in ``pages`` for good if it
     is settled, or else for ``live_s`` seconds, sent again only while the job still runs.
@@ -97,13 +121,11 @@ def job_metrics_page(
       which no request reads once the rows have changed.
     """
     tenant_id, job_id, keys, since_step, limit = key
-    # Reads only, each a snapshot of its own, outside a transaction (which spares the BEGIN
-    # and ROLLBACK round trips) unless the API key was just looked up in one. The order makes
-    # them agree: the job first, since one seen finished has stored all its rows, and a
-    # checkpoint seen has its steps stored (a later one only settles more).
-    if not session.in_transaction():
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    state, checkpoint, may_roll_back, version = job_progress(session, tenant_id, job_id)
+    # Reads only, each a snapshot of its own when ``connection`` reads outside a transaction
+    # (as metrics_page's does, sparing the BEGIN and ROLLBACK round trips). The order makes them
+    # agree: the job first, since one seen finished has stored all its rows, and a checkpoint
+    # seen has its steps stored (a later one only settles more).
+    state, checkpoint, may_roll_back, version = job_progress(connection, tenant_id, job_id)
     running = state not in TERMINAL_STATES
     # Kept apart from settled pages, and only read while the job runs: once it has finished,
     # its pages show every row at once, not one left from a second ago.
@@ -118,10 +140,10 @@ def job_metrics_page(
     # A job that may roll back settles a growing page's rows only before its checkpoint.
     before = checkpoint if may_roll_back else None
     body, boundary, settled_now = build_page(
-        session, job_id, keys, since_step, limit, settled, before
+        connection, job_id, keys, since_step, limit, settled, before
     )
     # Done with the database: the connection goes back here, not in a second thread hop.
-    session.close()
+    connection.close()
     if not running or (boundary is not None and (not may_roll_back or boundary < checkpoint)):
         pages.put(key, body)
     elif boundary is not None:
@@ -152,7 +174,7 @@ _PROGRESS = select(
 ).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
 
 
-def job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, int, bool, int]:
+def job_progress(connection: Connection, tenant_id: int, job_id: int) -> tuple[str, int, bool, int]:
     """The tenant's job's state, the iteration of its latest recorded checkpoint (-1 before
     its first), whether it may roll back (``train.nan_rollbacks`` > 0) and its
     ``metrics_version``, in one query; 404 for a job that is not the tenant's (other
@@ -160,14 +182,14 @@ def job_progress(session: Session, tenant_id: int, job_id: int) -> tuple[str, in
     row = None
     if 0 < job_id <= MAX_ROW_ID:
         ids = {"job_id": job_id, "tenant_id": tenant_id}
-        row = session.connection().execute(_PROGRESS, ids).first()
+        row = connection.execute(_PROGRESS, ids).first()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return row[0], row[1], bool(row[2]), row[3]
 
 
 def build_page(
-    session: Session,
+    connection: Connection,
     job_id: int,
     keys: str | None,
     since_step: int,
@@ -189,7 +211,6 @@ def build_page(
     params: dict[str, Any] = {"job_id": job_id, "after": start.last_step, "rows": room + 1}
     if keys:
         params["keys"] = [k.strip() for k in keys.split(",") if k.strip()]
-    connection = session.connection()
     rows: Sequence[Any] = connection.execute(_ROWS_AFTER[bool(keys)], params).all()
     if len(rows) > room:
         boundary = rows[room].step

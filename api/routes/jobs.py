@@ -7,18 +7,20 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.core.db.models import MAX_ROW_ID, TERMINAL_STATES, Job, JobState
 from api.core.job_spec import JobCreate
-from api.deps import SessionDep, SettingsDep, SubmitterDep, TenantDep
+from api.deps import PageReaderDep, SessionDep, SettingsDep, SubmitterDep, TenantDep
 from api.metric_pages import (
     DEFAULT_PAGE_ROWS,
     DEFAULT_SINCE_STEP,
+    MAX_PAGE_ROWS,
+    MIN_PAGE_ROWS,
+    MIN_SINCE_STEP,
     forget_jobs,
-    job_metrics_page,
+    metrics_page,
 )
 from api.routes import OneHopRoute
 from api.schemas.common import UNAUTHORIZED, Page
@@ -155,15 +157,14 @@ def job_log(job_id: int, session: SessionDep, tenant_id: TenantDep) -> Page[JobE
 async def job_metrics(
     job_id: int,
     request: Request,
-    session: SessionDep,
-    tenant_id: TenantDep,
+    tenant_id: PageReaderDep,
     keys: Annotated[
         str | None, Query(description="Comma-separated keys, e.g. loss,val/AP; default all.")
     ] = None,
     since_step: Annotated[
-        int, Query(ge=-1, le=MAX_ROW_ID, description="Only steps after this one.")
+        int, Query(ge=MIN_SINCE_STEP, le=MAX_ROW_ID, description="Only steps after this one.")
     ] = DEFAULT_SINCE_STEP,
-    limit: Annotated[int, Query(ge=50, le=10_000)] = DEFAULT_PAGE_ROWS,
+    limit: Annotated[int, Query(ge=MIN_PAGE_ROWS, le=MAX_PAGE_ROWS)] = DEFAULT_PAGE_ROWS,
 ) -> Response:
     """Metrics with ``step > since_step``, ordered by step; a page never splits a step.
 
@@ -173,17 +174,10 @@ async def job_metrics(
     """
     # Pages that can no longer change (settled: see job_metrics_page) are built once per API
     # process and kept under the tenant; a job stays its tenant's, so such a page needs no
-    # lookup of the job either. With the key remembered, api.kept_pages answers them before
-    # routing; they come here when it was not.
-    state = request.app.state
+    # lookup of the job either. With the key remembered, api.kept_pages answers a query in its
+    # plain form before routing, with the same metrics_page; others come here.
     key = (tenant_id, job_id, keys, since_step, limit)
-    kept = state.metrics_pages.get(key)
-    if kept is None:
-        kept = await run_in_threadpool(
-            job_metrics_page, session, state.metrics_pages, state.settled_rows, key,
-            state.settings.live_page_s,
-        )  # fmt: skip
-    return Response(kept, media_type="application/json")
+    return Response(await metrics_page(request.app.state, key), media_type="application/json")
 
 
 def _poll(

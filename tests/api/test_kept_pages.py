@@ -1,6 +1,7 @@
-"""Kept metric pages answered before routing (api.kept_pages) are the route's answers: the same
-page key for every query the route accepts, the same bytes and headers, and a revoked key
-refused within AETRAIN_KEY_CACHE_S."""
+"""Metric pages answered before routing (api.kept_pages) are the route's answers: the same
+page key for every query the route accepts and none for a query it refuses, the same bytes and
+headers, kept or built afresh for a running job, and a revoked key refused within
+AETRAIN_KEY_CACHE_S."""
 
 import time
 
@@ -9,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from api.core.db import ApiKey, Tenant, make_engine, make_session_factory
-from api.core.db.models import Job, utcnow
+from api.core.db.models import Job, Metric, utcnow
 from api.core.settings import Settings
 from api.kept_pages import page_key
 from api.main import create_app
@@ -22,6 +23,9 @@ QUERIES = [
     "keys=loss%2Clr", "keys=", "keys=a+b", "keys=+loss", "limit=050", "limit=+50", "since_step=3.0",
     "since_step=%203", "since_step=-0", "limit=50&limit=60", "keys=a&keys=b", "other=1",
     "limit=50&other=x&since_step=2", "since_step=", "LIMIT=60", "keys=%ff", "since_step=1e1",
+    # Plain, at and beyond the route's bounds.
+    "limit=49", "limit=10000", "limit=10001", "since_step=-2", "since_step=2147483647",
+    "since_step=2147483648", "since_step=9999999999999999999", "limit=-50",
 ]  # fmt: skip
 
 
@@ -79,6 +83,34 @@ def test_a_kept_page_from_the_shortcut_is_the_routes_answer(
     assert client.get(f"{url}&keys=a%00", headers=auth).status_code == 422
     assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code == 204
     assert client.get(url, headers=auth).status_code == 404
+
+
+def test_a_running_jobs_page_from_the_shortcut_is_the_routes_answer_of_the_moment(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], settings: Settings
+) -> None:
+    job_id = running_job(settings, [(k, s) for s in range(1, 100) for k in ("loss", "lr")])
+    plain = f"/v1/jobs/{job_id}/metrics?since_step=-1&limit=1000"
+    # The same page key in a form the shortcut leaves to the route (a leading zero).
+    routed = f"/v1/jobs/{job_id}/metrics?since_step=-1&limit=01000"
+    assert client.get("/v1/jobs", headers=auth).status_code == 200  # the key is remembered
+    for step in (100, 101):
+        first = client.get(plain, headers=auth)
+        by_route = client.get(routed, headers=auth)
+        assert first.status_code == by_route.status_code == 200
+        assert first.headers.items() == by_route.headers.items()
+        assert first.content == by_route.content
+        assert first.json()["count"] == 2 * (step - 1)  # every row stored so far
+        engine = make_engine(settings.resolved_database_url())
+        with make_session_factory(engine)() as session:
+            session.add(Metric(job_id=job_id, key="loss", step=step, value=2.0))
+            session.add(Metric(job_id=job_id, key="lr", step=step, value=2.0))
+            session.commit()
+        engine.dispose()
+    # Another tenant's remembered key: the route's 404, not an error of the shortcut's own.
+    assert client.get("/v1/jobs", headers=other_auth).status_code == 200
+    denied = client.get(plain, headers=other_auth)
+    assert denied.status_code == 404
+    assert denied.json() == client.get(routed, headers=other_auth).json()
 
 
 @pytest.mark.parametrize("key_cache_s", [0.0, 0.5])

@@ -72,10 +72,11 @@ def test_a_growing_page_on_its_settled_rows_is_the_page_built_afresh(settings: S
         for keys, since, limit, may_roll_back in pages:
             before = checkpoint if may_roll_back else None
             with sessions() as session:
-                fresh, fresh_boundary, _ = build_page(session, job_id, keys, since, limit)
+                connection = session.connection()
+                fresh, fresh_boundary, _ = build_page(connection, job_id, keys, since, limit)
                 kept = settled[(keys, since, limit, may_roll_back)]
                 body, boundary, settled_now = build_page(
-                    session, job_id, keys, since, limit, kept, before
+                    connection, job_id, keys, since, limit, kept, before
                 )
             assert body == fresh and boundary == fresh_boundary
             page = MetricsPage.model_validate_json(body)
