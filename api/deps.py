@@ -50,8 +50,9 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 DB_SESSIONS = 4
 # SSE streams poll the database with short sessions of their own, this many at once.
 STREAM_POLLS = 4
-# Submissions check their job with a short session in a thread, this many at once per API
-# process, and wait for the job writer (api.services.job_writer) holding neither.
+# Submissions look a key not remembered up with a short session in a thread, this many at
+# once per API process; their jobs are checked and stored by the job writer
+# (api.services.job_writer), which they wait for holding neither.
 SUBMIT_TURNS = 4
 # Metric pages not kept are built with a short session in a thread, this many at once per API
 # process (api.metric_pages.metrics_page).

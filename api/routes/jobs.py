@@ -75,16 +75,8 @@ async def create_job(
     The job trains on a worker consuming ``queue``; follow it with GET /v1/jobs/{id}, its
     metrics, or the SSE stream at /v1/jobs/{id}/events.
     """
-    state = request.app.state
-    row = await anyio.to_thread.run_sync(
-        jobs.prepare_job,
-        state.read_sessions,
-        tenant_id,
-        state.settings,
-        body,
-        limiter=state.submit_turns,
-    )
-    job = await asyncio.wrap_future(state.job_writer.submit(*row))
+    # Checked and stored with the submissions waiting with it (api.services.job_writer).
+    job = await asyncio.wrap_future(request.app.state.job_writer.submit(tenant_id, body))
     return JobPublic.model_validate(job)
 
 

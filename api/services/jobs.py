@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import ColumnElement, bindparam, delete, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy.orm import Session
 
 from ae_model.cfg import CfgError
 from ae_model.resolve import JobSettingsError, ResolvedTraining, resolve_training
@@ -148,13 +148,6 @@ def _active_jobs(tenant_id: int | ColumnElement[int]) -> Any:
     )
 
 
-# Built once, with parameters: building a statement and finding it in SQLAlchemy's compiled
-# cache took more CPU per submission than running it.
-_DATASET_AND_ACTIVE = select(Dataset, _active_jobs(bindparam("tenant_id"))).where(
-    Dataset.id == bindparam("dataset_id"), Dataset.tenant_id == bindparam("tenant_id")
-)
-
-
 def check_job_spec(
     session: Session, tenant_id: int, body: JobCreate, settings: Settings
 ) -> ResolvedTraining:
@@ -266,19 +259,14 @@ def refuse_over_limit(active: int, settings: Settings, adding: int) -> None:
         )
 
 
-def prepare_job(
-    sessions: sessionmaker[Session], tenant_id: int, settings: Settings, body: JobCreate
+def submitted_row(
+    session: Session, tenant_id: int, settings: Settings, body: JobCreate, dataset: Dataset | None
 ) -> tuple[dict[str, Any], list[str]]:
-    """``body`` checked (Invalid or OverLimit) and made the row of a queued job
-    (``queued_row``), for the job writer (``api.services.job_writer``) to store and send; in
-    a short session of ``sessions`` that writes nothing."""
-    with sessions() as session:
-        # The dataset and the tenant's active jobs in one round trip; checked in the same
-        # order as check_job_spec then check_active_jobs would.
-        params = {"tenant_id": tenant_id, "dataset_id": body.dataset_id}
-        dataset, active = session.execute(_DATASET_AND_ACTIVE, params).first() or (None, 0)
-        resolved = _check_against(session, tenant_id, body, settings, dataset)
-    refuse_over_limit(active, settings, 1)
+    """``body`` checked (``check_job_spec``, with the tenant's ``dataset`` of
+    ``body.dataset_id`` already read, None: none) and made the row of a queued job
+    (``queued_row``), for ``jobstore.add_queued_jobs``. The tenant's limit of active jobs is
+    the caller's to check, after this (``api.services.job_writer``)."""
+    resolved = _check_against(session, tenant_id, body, settings, dataset)
     fields = {
         "tenant_id": tenant_id, "spec": body.model_dump(mode="json"), "queue": body.queue,
         "seed": body.seed, "sent_at": utcnow(),  # its task is sent right after the commit

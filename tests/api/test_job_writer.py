@@ -1,6 +1,7 @@
-"""The job writer stores the submissions that waited together in one transaction, in order,
-sends their tasks in that order, keeps each tenant within its limit of active jobs, and
-writes nothing for a request given up; on PostgreSQL and Redis."""
+"""The job writer checks and stores the submissions that waited together in one transaction,
+in order, sends their tasks in that order, keeps each tenant within its limit of active jobs,
+fails a refused submission alone, and writes nothing for a request given up; on PostgreSQL and
+Redis."""
 
 import time
 import uuid
@@ -15,10 +16,11 @@ from sqlalchemy.exc import DataError
 
 from api.core.broker import create_celery
 from api.core.db import Tenant, make_engine, make_session_factory
-from api.core.db.models import Job, JobEvent, JobState
+from api.core.db.models import Dataset, Job, JobEvent, JobState
+from api.core.job_spec import JobCreate
 from api.core.settings import Settings
 from api.migrate import upgrade
-from api.services.errors import OverLimit, Unavailable
+from api.services.errors import Invalid, OverLimit, Unavailable
 from api.services.job_writer import JobWriter
 
 
@@ -36,28 +38,34 @@ def queue() -> str:
     return f"writer-{uuid.uuid4().hex[:8]}"
 
 
-def _tenants(engine: Engine, *names: str) -> list[int]:
+def _tenants(engine: Engine, *names: str) -> list[tuple[int, int]]:
+    """A tenant per name, each with a ready dataset: their ids."""
     with make_session_factory(engine)() as session:
         rows = [Tenant(name=name) for name in names]
         session.add_all(rows)
+        session.flush()
+        datasets = [
+            Dataset(tenant_id=row.id, name="d", path="d", class_names=["a"], num_train=100)
+            for row in rows
+        ]
+        session.add_all(datasets)
         session.commit()
-        return [row.id for row in rows]
+        return [(row.id, dataset.id) for row, dataset in zip(rows, datasets, strict=True)]
 
 
-def _row(tenant_id: int, queue: str, seed: int) -> tuple[dict[str, Any], list[str]]:
-    fields = {"tenant_id": tenant_id, "spec": {"seed": seed}, "queue": queue, "seed": seed}
-    return fields, ["submitted", f"note: seed {seed}"]
+def _job(dataset_id: int, queue: str, seed: int) -> JobCreate:
+    return JobCreate(model="yolov3-tiny-small", dataset_id=dataset_id, queue=queue, seed=seed)
 
 
 @contextmanager
 def _held_in_its_insert(
-    engine: Engine, writer: JobWriter, row: tuple[dict[str, Any], list[str]]
+    engine: Engine, writer: JobWriter, tenant_id: int, body: JobCreate
 ) -> Iterator[Future[Job]]:
-    """``row`` submitted, its group held in its INSERT until the block ends (the table
+    """``body`` submitted, its group held in its INSERT until the block ends (the table
     locked): what is submitted meanwhile waits for the writer, together."""
     with engine.connect() as connection:
         connection.execute(text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))
-        first = writer.submit(*row)
+        first = writer.submit(tenant_id, body)
         _wait_for_blocked_insert(engine)
         yield first
         connection.commit()
@@ -111,16 +119,17 @@ def _sent(redis_url: str, queue: str, count: int) -> list[int]:
 def test_submissions_waiting_together_are_one_transaction_in_order(
     engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
 ) -> None:
-    (tenant,) = _tenants(engine, "alice")
+    ((tenant, dataset),) = _tenants(engine, "alice")
     writer = writer_for()
-    with _held_in_its_insert(engine, writer, _row(tenant, queue, 0)) as first:
-        group = [writer.submit(*_row(tenant, queue, seed)) for seed in range(1, 11)]
-        given_up = writer.submit(*_row(tenant, queue, 99))
+    with _held_in_its_insert(engine, writer, tenant, _job(dataset, queue, 0)) as first:
+        group = [writer.submit(tenant, _job(dataset, queue, seed)) for seed in range(1, 11)]
+        given_up = writer.submit(tenant, _job(dataset, queue, 99))
         assert given_up.cancel()  # its client went away before it was written
     jobs = [done.result(timeout=10) for done in [first, *group]]
     ids = [job.id for job in jobs]
     assert [job.seed for job in jobs] == list(range(11)) and ids == sorted(ids)
     assert all(job.state == JobState.queued and job.tenant_id == tenant for job in jobs)
+    assert all(job.resolved and job.max_batches for job in jobs)  # checked and resolved
     with engine.connect() as connection:
         # Rows written by one transaction carry its id (xmin): the first job alone, then the
         # ten that waited for it together.
@@ -130,21 +139,22 @@ def test_submissions_waiting_together_are_one_transaction_in_order(
         ).all()
     assert [row.id for row in stored] == ids  # nothing of the given-up request
     assert len({row.xmin for row in stored[1:]}) == 1 and stored[0].xmin != stored[1].xmin
-    assert events == [
-        (job.id, message) for job in jobs for message in ("submitted", f"note: seed {job.seed}")
-    ]
+    # Each job's events in job order, its "submitted" first.
+    assert [job_id for job_id, _ in events] == sorted(job_id for job_id, _ in events)
+    assert [m for job_id, m in events if m == "submitted"] == ["submitted"] * len(jobs)
+    assert {job_id for job_id, m in events if m == "submitted"} == set(ids)
     assert _sent(redis_url, queue, 11) == ids
 
 
 def test_a_group_keeps_each_tenant_within_its_limit_of_active_jobs(
     engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
 ) -> None:
-    alice, bob = _tenants(engine, "alice", "bob")
+    (alice, alices), (bob, bobs) = _tenants(engine, "alice", "bob")
     writer = writer_for(max_active_jobs=3)
-    with _held_in_its_insert(engine, writer, _row(alice, queue, 0)) as first:
-        # Each request checked the limit before any of these was stored: all saw room.
-        group = [writer.submit(*_row(alice, queue, seed)) for seed in range(1, 5)]
-        other = writer.submit(*_row(bob, queue, 5))
+    with _held_in_its_insert(engine, writer, alice, _job(alices, queue, 0)) as first:
+        # None of these was stored when the others were handed over: all would see room.
+        group = [writer.submit(alice, _job(alices, queue, seed)) for seed in range(1, 5)]
+        other = writer.submit(bob, _job(bobs, queue, 5))
     first.result(timeout=10)
     outcomes = [_outcome(done) for done in group]
     assert other.result(timeout=10).tenant_id == bob
@@ -158,20 +168,43 @@ def test_a_group_keeps_each_tenant_within_its_limit_of_active_jobs(
 def _outcome(done: Future[Job]) -> str:
     try:
         done.result(timeout=10)
-    except OverLimit as refusal:
+    except (OverLimit, Invalid) as refusal:
         return str(refusal.detail)
     return "stored"
+
+
+def test_a_refused_check_fails_its_own_submission_only(
+    engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
+) -> None:
+    (alice, alices), (_, bobs) = _tenants(engine, "alice", "bob")
+    writer = writer_for()
+    with _held_in_its_insert(engine, writer, alice, _job(alices, queue, 0)) as first:
+        before = writer.submit(alice, _job(alices, queue, 1))
+        # Another tenant's dataset is no dataset of alice's; nor is one that does not exist.
+        others = writer.submit(alice, _job(bobs, queue, 2))
+        missing = writer.submit(alice, _job(bobs + 1000, queue, 3))
+        unknown_model = writer.submit(
+            alice, _job(alices, queue, 4).model_copy(update={"model": "nope"})
+        )
+        after = writer.submit(alice, _job(alices, queue, 5))
+    assert [done.result(timeout=10).seed for done in (first, before, after)] == [0, 1, 5]
+    assert f"no dataset {bobs}; see GET /v1/datasets" in _outcome(others)
+    assert f"no dataset {bobs + 1000}; see GET /v1/datasets" in _outcome(missing)
+    assert "nope" in _outcome(unknown_model)
+    assert _sent(redis_url, queue, 3) == sorted(done.result().id for done in (first, before, after))
 
 
 def test_a_value_the_database_refuses_fails_its_own_submission_only(
     engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
 ) -> None:
-    (tenant,) = _tenants(engine, "alice")
+    ((tenant, dataset),) = _tenants(engine, "alice")
     writer = writer_for()
-    with _held_in_its_insert(engine, writer, _row(tenant, queue, 0)) as first:
-        before = writer.submit(*_row(tenant, queue, 1))
-        refused = writer.submit(*_row(tenant, "q" * 100, 2))  # jobs.queue holds 64
-        after = writer.submit(*_row(tenant, queue, 3))
+    # jobs.queue holds 64 characters; the schema's pattern would refuse this one first.
+    too_long = _job(dataset, queue, 2).model_copy(update={"queue": "q" * 100})
+    with _held_in_its_insert(engine, writer, tenant, _job(dataset, queue, 0)) as first:
+        before = writer.submit(tenant, _job(dataset, queue, 1))
+        refused = writer.submit(tenant, too_long)
+        after = writer.submit(tenant, _job(dataset, queue, 3))
     assert [done.result(timeout=10).seed for done in (first, before, after)] == [0, 1, 3]
     with pytest.raises(DataError):
         refused.result(timeout=10)
@@ -181,12 +214,12 @@ def test_a_value_the_database_refuses_fails_its_own_submission_only(
 def test_what_was_handed_over_before_a_stop_is_written_and_later_submissions_refused(
     engine: Engine, redis_url: str, queue: str, writer_for: Callable[..., JobWriter]
 ) -> None:
-    (tenant,) = _tenants(engine, "alice")
+    ((tenant, dataset),) = _tenants(engine, "alice")
     writer = writer_for()
-    pending = [writer.submit(*_row(tenant, queue, seed)) for seed in range(3)]
+    pending = [writer.submit(tenant, _job(dataset, queue, seed)) for seed in range(3)]
     writer.stop()
     assert [done.result(timeout=10).seed for done in pending] == [0, 1, 2]
-    late = writer.submit(*_row(tenant, queue, 3))
+    late = writer.submit(tenant, _job(dataset, queue, 3))
     with pytest.raises(Unavailable, match="stopping"):
         late.result(timeout=10)
     with make_session_factory(engine)() as session:
