@@ -54,12 +54,12 @@ STREAM_POLLS = 4
 # once per API process; their jobs are checked and stored by the job writer
 # (api.services.job_writer), which they wait for holding neither.
 SUBMIT_TURNS = 4
-# Metric pages not kept are built with a short session in a thread, this many at once per API
-# process (api.metric_pages.metrics_page).
+# Metric pages not kept are built on a connection of their own in a thread, this many at once
+# per API process (api.metric_pages.metrics_page).
 PAGE_TURNS = 4
 # What the pool must hold so no checkout waits: request sessions, stream polls, heavy
-# requests' short sessions (api.heavy), submissions' checks, metric pages, the job writer, the
-# reaper, the webhook dispatcher (api.webhooks).
+# requests' short sessions (api.heavy), submissions' key lookups, metric pages, the job writer,
+# the reaper, the webhook dispatcher (api.webhooks).
 POOL_SIZE = DB_SESSIONS + STREAM_POLLS + HEAVY_THREADS + SUBMIT_TURNS + PAGE_TURNS + 3
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -77,7 +77,7 @@ def forget_jobs(
 
 async def metrics_page(state: State, key: PageKey) -> bytes:
     """The body of the page ``key`` names (or 404): kept, or built (:func:`job_metrics_page`)
-    in a thread, with a short read-only session, in one of the API process's page turns
+    in a thread, on a read-only connection, in one of the API process's page turns
     (``api.deps.PAGE_TURNS``)."""
     kept: bytes | None = state.metrics_pages.get(key)
     if kept is None:
