@@ -108,6 +108,6 @@ async def _page_body(scope: Scope) -> bytes | None:
     if key is None:
         return None
     try:
-        return await metrics_page(state, key)
+        return await metrics_page(state, key, state.unpinged_reads)
     except (HTTPException, SQLAlchemyError):  # the route answers: its 404, its 503
         return None

@@ -80,6 +80,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # ROLLBACK at close.
         app.state.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         app.state.read_sessions = make_session_factory(app.state.read_engine)
+        # Connections for metric pages answered before routing (api.kept_pages), not pinged
+        # before use: the ping is a round trip, a tenth of a running job's page. One that a
+        # database restart broke fails its query and the request goes on to the route, whose
+        # connections are pinged; the failure has the pool renew the others.
+        app.state.unpinged_reads = make_engine(
+            url, pool_size=PAGE_TURNS, max_overflow=0, pool_pre_ping=False
+        ).execution_options(isolation_level="AUTOCOMMIT")
         app.state.job_writer = JobWriter(app.state.session_factory, app.state.celery, settings)
         # What start-up built (modules, the app, the ORM's mappers) lives as long as the
         # process: out of the collector's sight, a full collection no longer walks it, which
@@ -100,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await loop
             await anyio.to_thread.run_sync(app.state.job_writer.stop)
             engine.dispose()
+            app.state.unpinged_reads.engine.dispose()
 
     app = FastAPI(
         title="aetrain",

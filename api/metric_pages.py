@@ -16,7 +16,7 @@ import anyio
 import orjson
 from fastapi import HTTPException, status
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from starlette.datastructures import State
 
 from api.cache import BodyCache, MemoryCache
@@ -75,20 +75,23 @@ def forget_jobs(
     growing.drop(deleted)
 
 
-async def metrics_page(state: State, key: PageKey) -> bytes:
+async def metrics_page(state: State, key: PageKey, reads: Engine | None = None) -> bytes:
     """The body of the page ``key`` names (or 404): kept, or built (:func:`job_metrics_page`)
-    in a thread, on a read-only connection, in one of the API process's page turns
-    (``api.deps.PAGE_TURNS``)."""
+    in a thread, on a read-only connection of ``reads`` (``app.state.read_engine`` when
+    None), in one of the API process's page turns (``api.deps.PAGE_TURNS``)."""
     kept: bytes | None = state.metrics_pages.get(key)
     if kept is None:
-        kept = await anyio.to_thread.run_sync(_built_page, state, key, limiter=state.page_turns)
+        reads = reads or state.read_engine
+        kept = await anyio.to_thread.run_sync(
+            _built_page, state, key, reads, limiter=state.page_turns
+        )
     return kept
 
 
-def _built_page(state: State, key: PageKey) -> bytes:
+def _built_page(state: State, key: PageKey, reads: Engine) -> bytes:
     # A connection, not a session: a session's bookkeeping around it took a tenth of a
     # running job's page.
-    with state.read_engine.connect() as connection:
+    with reads.connect() as connection:
         return job_metrics_page(
             connection, state.metrics_pages, state.settled_rows, key, state.settings.live_page_s
         )

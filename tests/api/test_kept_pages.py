@@ -7,7 +7,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from api.core.db import ApiKey, Tenant, make_engine, make_session_factory
 from api.core.db.models import Job, Metric, utcnow
@@ -111,6 +111,39 @@ def test_a_running_jobs_page_from_the_shortcut_is_the_routes_answer_of_the_momen
     denied = client.get(plain, headers=other_auth)
     assert denied.status_code == 404
     assert denied.json() == client.get(routed, headers=other_auth).json()
+
+
+_OTHER_BACKENDS = text(
+    "SELECT pid FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_page_whose_connection_a_restart_broke_is_the_routes_answer(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    job_id = running_job(settings, [(k, s) for s in range(1, 100) for k in ("loss", "lr")])
+    url = f"/v1/jobs/{job_id}/metrics"
+    assert client.get("/v1/jobs", headers=auth).status_code == 200  # the key is remembered
+    first = client.get(url, headers=auth)  # built before routing; its connection stays pooled
+    assert first.status_code == 200
+    # What a database restart does to them: every connection of the app's closed by the server.
+    engine = make_engine(settings.resolved_database_url())
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        pids = connection.scalars(_OTHER_BACKENDS).all()
+        for pid in pids:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        deadline = time.monotonic() + 10
+        while set(connection.scalars(_OTHER_BACKENDS).all()) & set(pids):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    engine.dispose()
+    assert len(pids) >= 2  # the pages' connection and the key lookup's
+    for _ in range(2):  # the route's answer, then the shortcut's on a new connection
+        again = client.get(url, headers=auth)
+        assert again.status_code == 200, again.text
+        assert again.content == first.content
 
 
 @pytest.mark.parametrize("key_cache_s", [0.0, 0.5])

@@ -25,7 +25,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # Sessions in UTC: timestamps come back as UTC whatever the server's TimeZone setting,
     # and the API writes them as such without converting each.
     utc: dict[str, Any] = {"options": "-c timezone=UTC"} if url.startswith("postgresql") else {}
-    return create_engine(url, pool_pre_ping=True, connect_args=utc, **kwargs)
+    # A pooled connection is pinged before use unless ``pool_pre_ping=False`` is given.
+    return create_engine(url, connect_args=utc, **{"pool_pre_ping": True, **kwargs})
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
