@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ae_model.cfg import CfgError
@@ -138,16 +138,6 @@ def _check_budgets(resolved: ResolvedTraining, settings: Settings) -> None:
         raise invalid_field(["train"], too_large)
 
 
-def _active_jobs(tenant_id: int | ColumnElement[int]) -> Any:
-    """The tenant's count of queued and running jobs, as a scalar subquery."""
-    return (
-        select(func.count())
-        .select_from(Job)
-        .where(Job.tenant_id == tenant_id, Job.state.in_(ACTIVE_STATES))
-        .scalar_subquery()
-    )
-
-
 def check_job_spec(
     session: Session, tenant_id: int, body: JobCreate, settings: Settings
 ) -> ResolvedTraining:
@@ -247,7 +237,12 @@ def enqueue(celery: Celery, session: Session, queued: Sequence[Job]) -> None:
 def check_active_jobs(session: Session, tenant_id: int, settings: Settings, adding: int) -> None:
     """OverLimit when ``adding`` more jobs would pass the tenant's limit of queued + running
     jobs."""
-    refuse_over_limit(session.scalar(select(_active_jobs(tenant_id))) or 0, settings, adding)
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.state.in_(ACTIVE_STATES))
+    )
+    refuse_over_limit(active or 0, settings, adding)
 
 
 def refuse_over_limit(active: int, settings: Settings, adding: int) -> None:
